@@ -1,0 +1,58 @@
+"""The Celery configuration, chosen for at-least-once delivery on Redis.
+
+Why each setting (see the README's "Delivery guarantees"):
+
+- ``task_acks_late``: a message is acknowledged only after the task ran, so a worker
+  that dies mid-task leaves it un-acked and Redis hands it out again. The pipeline is
+  idempotent (the ledger), which is what makes late acks safe.
+- ``task_reject_on_worker_lost``: with the prefork pool, a killed child re-queues its
+  message instead of acking it.
+- ``visibility_timeout``: how long an un-acked message waits before redelivery. Celery's
+  one hour would make a crash recover in an hour; ours is minutes, and the settings
+  refuse a retry cap that does not fit well inside it (kombu #337: an ETA held longer
+  than the timeout is delivered again).
+- ``worker_prefetch_multiplier``: the work is I/O-bound and short; a few messages per
+  slot keep the threads busy without hoarding messages other workers could take.
+- ``worker_cancel_long_running_tasks_on_connection_loss``: late-ack tasks cannot be
+  acked over a lost connection and are redelivered; cancelling them avoids running the
+  same request twice in parallel (the default from Celery 6).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from config.settings import Settings
+from worker.contract import QUEUE
+
+PREFETCH_MULTIPLIER = 4
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    """The Celery settings for ``settings``."""
+    transport = {
+        "visibility_timeout": settings.visibility_timeout_seconds,
+        "socket_keepalive": True,
+        "health_check_interval": 10,
+        "retry_on_timeout": True,
+    }
+    return {
+        "broker_url": settings.redis_url,
+        "broker_transport_options": transport,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,  # reconnect for as long as it takes
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_default_queue": QUEUE,
+        "task_routes": {"idvcancel.*": {"queue": QUEUE}},
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": PREFETCH_MULTIPLIER,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "worker_hijack_root_logger": False,
+        "worker_send_task_events": False,
+        "enable_utc": True,
+    }

@@ -1,0 +1,76 @@
+"""Settings from the environment, every one named ``IDVCANCEL_*``.
+
+The README lists each variable. Secrets are ``SecretStr`` so that printing a
+``Settings`` object (or logging it by mistake) never shows a token.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+class Settings(BaseSettings):
+    """Everything idv-cancel reads from the environment.
+
+    Examples:
+        >>> Settings(redis_url="redis://127.0.0.1:6380/0").retry_max_attempts
+        6
+    """
+
+    model_config = SettingsConfigDict(env_prefix="IDVCANCEL_", extra="ignore")
+
+    redis_url: str = DEFAULT_REDIS_URL
+
+    # Retry policy: exponential backoff with full jitter, capped, honouring Retry-After.
+    retry_base_seconds: float = Field(1.0, gt=0)
+    retry_cap_seconds: float = Field(30.0, gt=0)
+    retry_max_attempts: int = Field(6, ge=1)
+    # How long kombu waits before redelivering an un-acked message (crashed worker).
+    # Celery's default is one hour; we keep it short so a crash recovers in minutes.
+    visibility_timeout_seconds: int = Field(120, ge=2)
+    # How long a worker may hold a request before another may take it over.
+    lease_seconds: float = Field(60.0, gt=0)
+    http_timeout_seconds: float = Field(10.0, gt=0)
+
+    # Provider endpoints and credentials.
+    idpass_base_url: str = "https://idpass.example.invalid"
+    idpass_token: SecretStr = SecretStr("")
+    txcloud_base_url: str = "https://api.txcloud.io/v1"
+    txcloud_api_key: SecretStr = SecretStr("")
+    gu1_base_url: str = "https://api.gu1.ai"
+    gu1_api_key: SecretStr = SecretStr("")
+    jumio_base_url_us: str = "https://netverify.com"
+    jumio_base_url_eu: str = "https://lon.netverify.com"
+    jumio_base_url_sgp: str = "https://core-sgp.jumio.com"
+    jumio_retrieval_base_url_us: str = "https://retrieval.netverify.com"
+    jumio_retrieval_base_url_eu: str = "https://retrieval.lon.netverify.com"
+    jumio_retrieval_base_url_sgp: str = "https://retrieval.core-sgp.jumio.com"
+    jumio_api_token: SecretStr = SecretStr("")
+    jumio_api_secret: SecretStr = SecretStr("")
+    jumio_user_agent: str = ""
+    onespan_base_url: str = "https://onespan.example.invalid"
+    onespan_token: SecretStr = SecretStr("")
+    onespan_tenant: str = ""
+
+    @model_validator(mode="after")
+    def _countdowns_stay_below_visibility(self) -> Settings:
+        # A countdown held in a worker's memory longer than the visibility timeout is
+        # redelivered and run again (kombu #337): keep the whole wait well below it.
+        worst = self.retry_cap_seconds + self.http_timeout_seconds
+        if worst * 2 > self.visibility_timeout_seconds:
+            raise ValueError(
+                f"IDVCANCEL_VISIBILITY_TIMEOUT_SECONDS ({self.visibility_timeout_seconds}) must be"
+                f" at least twice the retry cap plus the HTTP timeout ({worst:g} s)"
+            )
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once."""
+    return Settings()

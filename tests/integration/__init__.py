@@ -1,0 +1,1 @@
+"""Integration tests: a real Redis server, real Celery worker processes."""

@@ -1,0 +1,13 @@
+"""The Celery app: ``celery -A worker.app worker`` (or ``idvcancel worker``)."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from config.celery import celery_config
+from config.settings import get_settings
+from worker.logs import configure
+
+configure()
+app = Celery("idvcancel", include=["tasks.process"])
+app.conf.update(celery_config(get_settings()))

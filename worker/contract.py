@@ -1,0 +1,135 @@
+"""The wire contract: what producers send and what the worker publishes.
+
+Other services depend on every name here (``idvcancel.process`` on queue
+``idvcancel``, the request fields, the outcomes, the two streams), so they are
+extended, never renamed. ``idvcancel schema`` prints the JSON Schema of both sides.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+
+TASK_NAME = "idvcancel.process"
+QUEUE = "idvcancel"
+RESULTS_STREAM = "idvcancel:results"
+RESULTS_FIELD = "event"
+AUDIT_STREAM = "idvcancel:audit"
+AUDIT_FIELD = "record"
+
+MAX_REQUEST_ID_LENGTH = 128
+
+ProviderName = Literal["idpass", "txcloud", "gu1", "jumio", "onespan"]
+ActionName = Literal["cancel", "delete"]
+SourceName = Literal["api", "sweep", "supersede", "manual"]
+PROVIDERS: tuple[ProviderName, ...] = ("idpass", "txcloud", "gu1", "jumio", "onespan")
+
+
+class Outcome(StrEnum):
+    """Every way a request can end; there are no others."""
+
+    CANCELLED = "cancelled"
+    DELETED = "deleted"
+    NOT_CANCELLABLE = "not_cancellable"
+    NOT_FOUND = "not_found"
+    REJECTED = "rejected"
+    UNAUTHORIZED = "unauthorized"
+    FAILED = "failed"
+
+
+class CancelRequest(BaseModel):
+    """One request to cancel or delete a verification session at a provider.
+
+    Examples:
+        >>> CancelRequest.model_validate({"request_id": "r-1", "provider": "idpass",
+        ...     "action": "cancel", "reference": "fe4291ca-d831-4760-96df-c9cb03b3cd95",
+        ...     "requested_by": "onboarding"}).source
+        'api'
+    """
+
+    # strict: a number is not a request id, "true" is not a boolean; unknown fields are an error.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    request_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
+    ] = Field(description="Idempotency key: a request id is carried out once.")
+    provider: ProviderName
+    action: ActionName
+    reference: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="The provider's id of the session or transaction."
+    )
+    reason: Annotated[str, StringConstraints(max_length=1000)] | None = Field(
+        default=None,
+        description="Why; required by some providers. Must not contain personal data.",
+    )
+    source: SourceName = "api"
+    requested_by: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        description="The service or person asking."
+    )
+    options: dict[str, JsonValue] = Field(
+        default_factory=dict, description='Provider-specific, e.g. Jumio {"product": "scan"}.'
+    )
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical request: equal requests, equal fingerprints."""
+        return hashlib.sha256(canonical_json(self.model_dump()).encode()).hexdigest()
+
+
+class ErrorInfo(BaseModel):
+    """Why a request did not succeed: a stable ``code`` and a message for people."""
+
+    code: str
+    message: str
+
+
+class ResultEvent(BaseModel):
+    """The one event published on ``idvcancel:results`` for each request."""
+
+    request_id: str | None = Field(
+        description="Null only when the message was so malformed no request id could be read."
+    )
+    provider: str | None
+    action: str | None
+    reference: str | None
+    source: str | None
+    outcome: Outcome
+    attempts: int = Field(description="Provider calls made for this request.")
+    http_status: int | None = Field(description="The last provider HTTP status, if any call.")
+    provider_status: str | None = Field(description="The session's status at the provider.")
+    fee_refunded: bool | None = Field(description="ID Pass only: whether the fee was refunded.")
+    error: ErrorInfo | None
+    occurred_at: str = Field(description="ISO 8601, UTC.")
+    requested_by: str | None = None
+    task_id: str | None = Field(default=None, description="The Celery task id that carried it.")
+    recovered: bool = Field(
+        default=False,
+        description="True when the outcome was read back from the provider after a crash.",
+    )
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted keys, no spaces: the one serialisation that hashes and fingerprints use."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def utc_now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def json_schemas() -> dict[str, Any]:
+    """The contract as JSON Schema, for producers that validate before sending."""
+    return {
+        "task": {"name": TASK_NAME, "queue": QUEUE, "serializer": "json", "args": ["request"]},
+        "request": CancelRequest.model_json_schema(),
+        "result_event": ResultEvent.model_json_schema(),
+        "streams": {
+            "results": {"key": RESULTS_STREAM, "field": RESULTS_FIELD},
+            "audit": {"key": AUDIT_STREAM, "field": AUDIT_FIELD},
+        },
+        "outcomes": [o.value for o in Outcome],
+    }

@@ -1,0 +1,270 @@
+"""One delivery of ``idvcancel.process``, from parsed message to final step.
+
+``Pipeline.handle`` reads the ledger (``worker.ledger``), decides what this delivery
+may do, calls the provider at most once, and writes each step through the journal.
+It returns ``Finished`` or ``RetryLater``; the Celery task turns the latter into a
+countdown. Jobs may run more than once: this is where that stops mattering.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from config.settings import Settings
+from worker import intake, ledger, records
+from worker.contract import Outcome
+from worker.intake import Message
+from worker.journal import DeadLetter, Journal, Moved
+from worker.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.logs import get_logger
+from worker.providers import get_adapter
+from worker.providers.base import ProviderAdapter, ProviderAnswer
+from worker.providers.errors import PermanentError, ProviderError, TransientError
+from worker.retry import RetryPolicy
+from worker.rules import ActionRule, RuleViolation, check
+
+#: Outcomes a person must act on: their requests are also kept as dead letters.
+DEAD_LETTERED = frozenset({Outcome.FAILED, Outcome.UNAUTHORIZED})
+
+
+@dataclass(frozen=True)
+class Finished:
+    outcome: str
+
+
+@dataclass(frozen=True)
+class RetryLater:
+    countdown: float
+
+
+Step = Finished | RetryLater
+
+
+class Pipeline:
+    """Carries requests out; one instance per worker process, shared by its threads."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        journal: Journal,
+        *,
+        adapters: Callable[[str, Settings], ProviderAdapter] = get_adapter,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self.adapters = adapters
+        self.clock = clock
+        self.policy = RetryPolicy(
+            settings.retry_base_seconds, settings.retry_cap_seconds, settings.retry_max_attempts
+        )
+        self.owner = uuid.uuid4().hex[:12]
+
+    # -- entry -------------------------------------------------------------------------
+    def handle(self, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str) -> Step:
+        message = intake.parse(args, kwargs, task_id)
+        log = get_logger(request_id=message.request_id, task_id=task_id)
+        state = LedgerState()  # optimistic: most requests are new
+        while True:
+            step = self._decide(message, state, log, raw=(args, kwargs))
+            if not isinstance(step, Moved):
+                return step
+            state = ledger.read(self.journal.client, message.ledger_key)
+
+    def _decide(self, message: Message, state: LedgerState, log: Any, raw: Any) -> Step | Moved:
+        if state.version == 0:
+            return self._first_delivery(message, log, raw)
+        if state.fingerprint != message.fingerprint:
+            return self._conflict(message, state, log)
+        if state.phase == DONE:
+            log.info("duplicate", outcome=state.outcome)
+            return self.journal.apply(
+                message.ledger_key, state.version,
+                records=[records.draft(records.DUPLICATE, message, outcome=state.outcome)],
+            ) or Finished(state.outcome)
+        now = self.clock()
+        busy_until = state.lease_until if state.phase == CALLING else state.not_before
+        if busy_until > now:
+            countdown = min(busy_until - now, self.settings.retry_cap_seconds) + random.random()
+            log.info("deferred", phase=state.phase, countdown=round(countdown, 3))
+            return RetryLater(countdown)
+        assert message.request is not None  # same fingerprint as a valid claim
+        rule = check(message.request, self.adapters(message.request.provider,
+                                                     self.settings).rules)
+        recovering = state.phase == CALLING or state.recover
+        extra = [records.draft(records.RECOVERY, message, previous_owner=state.owner)] if (
+            state.phase == CALLING) else []
+        moved = self._claim(message, state, attempts=state.attempts, drafts=extra,
+                            recover=recovering)
+        return moved or self._carry_out(message, rule, state.version + 1, state.attempts,
+                                        recovering, log)
+
+    # -- first sight -------------------------------------------------------------------
+    def _first_delivery(self, message: Message, log: Any, raw: Any) -> Step | Moved:
+        received = records.draft(records.RECEIVED, message)
+        if message.error is not None:
+            return self._finish(message, 0, records.event(
+                message, Outcome.REJECTED, error=message.error), [received], log, raw=raw)
+        assert message.request is not None
+        request = message.request
+        try:
+            adapter = self.adapters(request.provider, self.settings)
+            rule = check(request, adapter.rules)
+        except KeyError:
+            error = ("provider_not_supported", f"no adapter for provider {request.provider}")
+            return self._finish(message, 0, records.event(
+                message, Outcome.REJECTED, error=error), [received], log)
+        except RuleViolation as exc:
+            return self._finish(message, 0, records.event(
+                message, Outcome.REJECTED, error=(exc.code, exc.message)), [received], log)
+        moved = self._claim(message, LedgerState(), attempts=0, drafts=[received])
+        return moved or self._carry_out(message, rule, 1, 0, False, log)
+
+    def _conflict(self, message: Message, state: LedgerState, log: Any) -> Step | Moved:
+        if message.fingerprint in state.conflicts:
+            return self.journal.apply(message.ledger_key, state.version, records=[
+                records.draft(records.DUPLICATE, message, outcome="rejected", conflict=True)
+            ]) or Finished(Outcome.REJECTED)
+        error = ("request_id_conflict",
+                 "this request_id was already used for a request with different fields")
+        result = records.event(message, Outcome.REJECTED, error=error)
+        log.warning("conflict", outcome="rejected")
+        return self.journal.apply(
+            message.ledger_key, state.version,
+            ledger={"conflicts": json.dumps([*state.conflicts, message.fingerprint])},
+            records=[records.draft(records.RECEIVED, message),
+                     records.draft(records.REJECTED, message, error=result["error"])],
+            event=result,
+        ) or Finished(Outcome.REJECTED)
+
+    def _claim(self, message: Message, state: LedgerState, *, attempts: int,
+               drafts: list[dict[str, Any]], recover: bool = False) -> Moved | None:
+        lease_until = self.clock() + self.settings.lease_seconds
+        return self.journal.apply(message.ledger_key, state.version, ledger={
+            "fp": message.fingerprint, "phase": CALLING, "owner": self.owner,
+            "lease_until": f"{lease_until:.3f}", "attempts": str(attempts),
+            "recover": "1" if recover else "",
+        }, records=drafts, ledger_ttl=0)
+
+    # -- the provider call -------------------------------------------------------------
+    def _carry_out(self, message: Message, rule: ActionRule, version: int, attempts: int,
+                   recovering: bool, log: Any) -> Step | Moved:
+        request = message.request
+        assert request is not None
+        adapter = self.adapters(request.provider, self.settings)
+        attempt = attempts + 1
+        started = time.monotonic()
+        try:
+            if recovering and (done := self._recover(adapter, message, rule, log)):
+                return self._final(message, version, attempts, done, [], log, recovered=True)
+            answer: ProviderAnswer | ProviderError = adapter.execute(request, rule)
+        except TransientError as exc:
+            return self._transient(message, version, attempt, exc, started, log)
+        except PermanentError as exc:
+            answer = exc
+        except Exception as exc:  # a bug in an adapter must not lose the request
+            log.exception("adapter_error")
+            wrapped = TransientError(f"internal error: {type(exc).__name__}", code="internal_error")
+            return self._transient(message, version, attempt, wrapped, started, log)
+        attempt_record = self._attempt_record(message, attempt, answer, started)
+        return self._final(message, version, attempt, answer, [attempt_record], log)
+
+    def _recover(self, adapter: ProviderAdapter, message: Message, rule: ActionRule,
+                 log: Any) -> ProviderAnswer | None:
+        """After a crash mid-call, did the call land? Read the status instead of calling
+        twice. Returns the answer when it did, None when a call is still needed; a
+        transient read failure propagates (the request waits, still recovering)."""
+        assert message.request is not None
+        try:
+            status = adapter.read_status(message.request)
+        except PermanentError as exc:
+            if message.request.action != "delete" or exc.http_status != 404:
+                raise
+            status = rule.done_status  # a deleted session reads as 404
+        log.info("recovery_read", provider_status=status)
+        if status == rule.done_status:
+            return ProviderAnswer(rule.outcome, None, status)
+        return None
+
+    def _attempt_record(self, message: Message, attempt: int,
+                        answer: ProviderAnswer | ProviderError, started: float) -> dict[str, Any]:
+        return records.draft(
+            records.ATTEMPT, message, attempt=attempt, http_status=answer.http_status,
+            duration_ms=round((time.monotonic() - started) * 1000, 1),
+            error=answer.code if isinstance(answer, ProviderError) else None,
+        )
+
+    def _transient(self, message: Message, version: int, attempt: int, exc: TransientError,
+                   started: float, log: Any) -> Step | Moved:
+        attempt_record = self._attempt_record(message, attempt, exc, started)
+        delay = self.policy.delay(attempt, retry_after=exc.retry_after)
+        if delay is None:
+            failed = PermanentError(
+                f"gave up after {attempt} attempts: {exc.message}", code=exc.code,
+                http_status=exc.http_status)
+            failed.outcome = Outcome.FAILED
+            return self._final(message, version, attempt, failed, [attempt_record], log)
+        log.info("retry_scheduled", attempt=attempt, delay=round(delay, 3), error=exc.code,
+                 http_status=exc.http_status)
+        moved = self.journal.apply(message.ledger_key, version, ledger={
+            "phase": WAITING, "attempts": str(attempt), "owner": "", "lease_until": "0",
+            "not_before": f"{self.clock() + delay:.3f}",
+            "http_status": str(exc.http_status or ""), "provider_status": "",
+        }, records=[attempt_record, records.draft(
+            records.RETRY_SCHEDULED, message, attempt=attempt, delay_s=round(delay, 3),
+            error=exc.code)])
+        if moved is not None:
+            return self._settle_after_race(message, moved, log)
+        return RetryLater(min(delay, self.settings.retry_cap_seconds))
+
+    def _final(self, message: Message, version: int, attempts: int,
+               answer: ProviderAnswer | ProviderError, drafts: list[dict[str, Any]], log: Any,
+               *, recovered: bool = False) -> Step | Moved:
+        if isinstance(answer, ProviderError):
+            outcome = answer.outcome or Outcome.FAILED
+            result = records.event(message, outcome, attempts=attempts,
+                                   http_status=answer.http_status,
+                                   provider_status=answer.provider_status,
+                                   error=(answer.code, answer.message))
+        else:
+            result = records.event(message, answer.outcome, attempts=attempts,
+                                   http_status=answer.http_status,
+                                   provider_status=answer.provider_status,
+                                   fee_refunded=answer.fee_refunded, recovered=recovered)
+        moved = self._finish(message, version, result, drafts, log)
+        return self._settle_after_race(message, moved, log) if isinstance(moved, Moved) else moved
+
+    def _settle_after_race(self, message: Message, moved: Moved, log: Any) -> Step | Moved:
+        # We called the provider, but another delivery moved the ledger meanwhile (our
+        # lease ran out). Whoever finishes first publishes; the other is a duplicate.
+        log.warning("lease_lost", version=moved.version)
+        return moved
+
+    def _finish(self, message: Message, version: int, result: dict[str, Any],
+                drafts: list[dict[str, Any]], log: Any, raw: Any = None) -> Step | Moved:
+        outcome = Outcome(result["outcome"])
+        step = records.REJECTED if outcome is Outcome.REJECTED else records.COMPLETED
+        steps = [*drafts, records.draft(step, message, outcome=outcome.value,
+                                        error=result["error"], attempts=result["attempts"])]
+        dead: DeadLetter | None = None
+        if outcome in DEAD_LETTERED or message.request_id is None:
+            dead = records.dead_letter(message, result, raw)
+            steps.append(records.draft(records.DEAD_LETTERED, message, outcome=outcome.value))
+        moved = self.journal.apply(message.ledger_key, version, ledger={
+            "fp": message.fingerprint, "phase": DONE, "outcome": outcome.value,
+            "attempts": str(result["attempts"]), "owner": "", "lease_until": "0",
+            "http_status": str(result["http_status"] or ""),
+            "provider_status": result["provider_status"] or "", "recover": "",
+        }, records=steps, event=result, dead_letter=dead, ledger_ttl=None)
+        if moved is None:
+            log.info("completed", outcome=outcome.value, attempts=result["attempts"],
+                     http_status=result["http_status"],
+                     error=result["error"]["code"] if result["error"] else None)
+            return Finished(outcome.value)
+        return moved

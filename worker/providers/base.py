@@ -1,0 +1,182 @@
+"""What every provider adapter shares: one pooled HTTP client, and the answers that
+mean the same thing everywhere (timeouts, 429, 5xx, 401/403, 404).
+
+An adapter never imports Celery: it takes a validated request and either returns a
+``ProviderAnswer`` or raises one of ``worker.providers.errors``. Tests hand it an
+``httpx.MockTransport`` (unit) or point it at the simulator (integration).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import time
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from typing import Any, ClassVar, NoReturn
+from urllib.parse import quote
+
+import httpx
+
+from config.settings import Settings
+from worker.contract import CancelRequest, Outcome
+from worker.providers.errors import (
+    NotFound,
+    PermanentError,
+    ProviderRejected,
+    ProviderServerError,
+    ProviderTimeout,
+    ProviderUnreachable,
+    RateLimited,
+    Unauthorized,
+)
+from worker.rules import ActionRule, ProviderRules
+
+#: Longest provider error text we keep; provider bodies can echo personal data, so we
+#: only ever copy named error fields, and cut them short.
+MAX_ERROR_TEXT = 200
+
+
+@dataclass(frozen=True)
+class ProviderAnswer:
+    """A provider call that reached a final outcome."""
+
+    outcome: Outcome
+    http_status: int | None
+    provider_status: str | None
+    fee_refunded: bool | None = None
+
+
+def join_url(base: str, *segments: str) -> str:
+    """Join ``base`` (which may carry a path prefix) and path segments.
+
+    Segments after the first are quoted whole, so a reference can never add a path.
+
+    Examples:
+        >>> join_url("http://h:1/prefix/", "/idpass/cancel")
+        'http://h:1/prefix/idpass/cancel'
+        >>> join_url("http://h/v1", "verifications", "a/b", "cancel")
+        'http://h/v1/verifications/a%2Fb/cancel'
+    """
+    path = "/".join(s if i == 0 else quote(s, safe="") for i, s in enumerate(segments))
+    return base.rstrip("/") + "/" + path.lstrip("/")
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def json_body(response: httpx.Response) -> dict[str, Any]:
+    """The response's JSON object, or an empty dict when it has none."""
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def short(text: object) -> str:
+    return str(text)[:MAX_ERROR_TEXT]
+
+
+class ProviderAdapter(abc.ABC):
+    """One provider's API. Subclasses set ``rules`` and implement ``execute``.
+
+    Parameters:
+        settings: endpoints, credentials and the HTTP timeout.
+        transport: an httpx transport to use instead of the network (tests).
+    """
+
+    rules: ClassVar[ProviderRules]
+
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+        self.settings = settings
+        # One pooled client per provider and process, shared by all threads: keep-alive
+        # connections instead of a TCP (and TLS) handshake per request.
+        self.client = httpx.Client(
+            timeout=settings.http_timeout_seconds,
+            transport=transport,
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            headers=self.default_headers(),
+        )
+
+    def default_headers(self) -> dict[str, str]:
+        return {"Accept": "application/json"}
+
+    @abc.abstractmethod
+    def execute(self, request: CancelRequest, rule: ActionRule) -> ProviderAnswer:
+        """Carry the action out: one HTTP call, answer classified."""
+
+    def read_status(self, request: CancelRequest) -> str | None:
+        """The session's status now, for recovery after a crash; None if unreadable."""
+        return None
+
+    def close(self) -> None:
+        self.client.close()
+
+    def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        """Send one request; connection trouble and timeouts become transient errors."""
+        try:
+            return self.client.request(method, url, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout(
+                f"{self.rules.provider} did not answer within"
+                f" {self.settings.http_timeout_seconds:g} s ({type(exc).__name__})"
+            ) from exc
+        except httpx.TransportError as exc:
+            raise ProviderUnreachable(
+                f"{self.rules.provider} could not be reached ({type(exc).__name__})"
+            ) from exc
+
+    def raise_common(self, response: httpx.Response, message: str, code: str | None) -> None:
+        """Raise for the statuses that mean the same at every provider."""
+        status = response.status_code
+        kw: dict[str, Any] = {"http_status": status, "code": code}
+        if status == 429:
+            raise RateLimited(
+                message or "rate limited",
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                **kw,
+            )
+        if status in (500, 502, 503, 504):
+            raise ProviderServerError(
+                message or f"server error {status}",
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+                **kw,
+            )
+        if status in (401, 403):
+            raise Unauthorized(message or f"credentials refused ({status})", **kw)
+        if status == 404:
+            raise NotFound(message or "no such session at the provider", **kw)
+
+    def fail(
+        self, response: httpx.Response, message: str = "", code: str | None = None
+    ) -> NoReturn:
+        """Classify a non-success answer; always raises."""
+        self.raise_common(response, message, code)
+        status = response.status_code
+        if 400 <= status < 500:
+            raise ProviderRejected(
+                message or f"the provider refused the request ({status})",
+                http_status=status,
+                code=code,
+            )
+        raise PermanentError(
+            message or f"unexpected answer {status}", http_status=status, code="unexpected_status"
+        )
+
+    def require(self, value: str, setting: str) -> str:
+        """A credential's value, or ``unauthorized`` naming the setting when it is unset."""
+        if not value:
+            raise Unauthorized(f"{setting} is not set", code="missing_credentials")
+        return value

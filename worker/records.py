@@ -1,0 +1,91 @@
+"""Builders for what the pipeline writes: audit drafts, result events, dead letters.
+
+Only named fields go in, so nothing from a provider's body (which can hold names,
+dates of birth, document numbers) can reach a record by accident.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.contract import Outcome, utc_now_iso
+from worker.intake import Message
+from worker.journal import DeadLetter
+
+# Audit steps.
+RECEIVED = "received"
+REJECTED = "rejected"
+ATTEMPT = "attempt"
+RETRY_SCHEDULED = "retry_scheduled"
+RECOVERY = "recovery"
+COMPLETED = "completed"
+DEAD_LETTERED = "dead_lettered"
+DUPLICATE = "duplicate"
+
+
+def draft(step: str, message: Message, **details: Any) -> dict[str, Any]:
+    """An audit record (before sealing) for one step of one message."""
+    return {
+        "step": step,
+        "at": utc_now_iso(),
+        "request_id": message.request_id,
+        "task_id": message.task_id,
+        "requested_by": message.field("requested_by"),
+        "source": message.field("source"),
+        "reason": message.field("reason"),
+        "provider": message.field("provider"),
+        "action": message.field("action"),
+        "reference": message.field("reference"),
+        **details,
+    }
+
+
+def event(
+    message: Message,
+    outcome: Outcome,
+    *,
+    attempts: int = 0,
+    http_status: int | None = None,
+    provider_status: str | None = None,
+    fee_refunded: bool | None = None,
+    error: tuple[str, str] | None = None,
+    recovered: bool = False,
+) -> dict[str, Any]:
+    """The result event (see ``worker.contract.ResultEvent``)."""
+    return {
+        "request_id": message.request_id,
+        "provider": message.field("provider"),
+        "action": message.field("action"),
+        "reference": message.field("reference"),
+        "source": message.field("source") or ("api" if message.request else None),
+        "outcome": outcome.value,
+        "attempts": attempts,
+        "http_status": http_status,
+        "provider_status": provider_status,
+        "fee_refunded": fee_refunded,
+        "error": {"code": error[0], "message": error[1]} if error else None,
+        "occurred_at": utc_now_iso(),
+        "requested_by": message.field("requested_by"),
+        "task_id": message.task_id,
+        "recovered": recovered,
+    }
+
+
+def dead_letter(
+    message: Message, result: dict[str, Any], raw: tuple[Any, ...] | None = None
+) -> DeadLetter:
+    """Everything needed to replay the request (or, unreadable, to inspect it)."""
+    entry: dict[str, Any] = {
+        "id": message.request_id or f"task:{message.task_id}",
+        "request": message.request.model_dump() if message.request else None,
+        "outcome": result["outcome"],
+        "error": result["error"],
+        "attempts": result["attempts"],
+        "http_status": result["http_status"],
+        "task_id": message.task_id,
+        "dead_lettered_at": result["occurred_at"],
+    }
+    if message.request is None and raw is not None:
+        # Kept for a person to inspect; cut short so a huge payload cannot fill Redis.
+        entry["raw"] = repr(raw)[:4096]
+    return DeadLetter(entry["id"], entry)

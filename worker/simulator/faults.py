@@ -1,0 +1,130 @@
+"""Per-provider fault settings and the decision taken for each provider call."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+TIMEOUT_MODES = ("504", "close")
+
+
+@dataclass
+class Faults:
+    """What goes wrong at one provider. Replaced as a whole by ``PUT /_sim/faults/{provider}``.
+
+    Precedence for a call: ``down`` > ``fail_next`` > ``timeout_next`` > ``error_rate``;
+    ``latency_ms`` is added to every call, faulted or not.
+    """
+
+    latency_ms: float = 0
+    error_rate: float = 0.0
+    error_statuses: list[int] = field(default_factory=lambda: [503])
+    fail_next: list[int] = field(default_factory=list)
+    retry_after: int | None = None
+    timeout_next: int = 0
+    hang_seconds: float = 5.0
+    timeout_mode: str = "504"
+    apply_on_timeout: bool = False
+    down: bool = False
+
+    def copy(self) -> Faults:
+        return replace(
+            self, error_statuses=list(self.error_statuses), fail_next=list(self.fail_next)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Faults:
+        """Validated settings; raises ValueError naming the offending key."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown fault settings: {', '.join(unknown)}")
+        faults = cls()
+        for key, value in data.items():
+            setattr(faults, key, _CHECKS[key](key, value))
+        return faults
+
+
+def _number(key: str, value: Any, upper: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValueError(f"{key} must be a number >= 0")
+    if upper is not None and value > upper:
+        raise ValueError(f"{key} must be <= {upper}")
+    return value
+
+
+def _count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be an integer >= 0")
+    return value
+
+
+def _statuses(key: str, value: Any, allow_empty: bool = True) -> list[int]:
+    ok = isinstance(value, list) and all(
+        isinstance(v, int) and not isinstance(v, bool) and 400 <= v <= 599 for v in value
+    )
+    if not ok or (not allow_empty and not value):
+        raise ValueError(f"{key} must be a list of HTTP error statuses (400..599)")
+    return list(value)
+
+
+def _flag(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be a boolean")
+    return value
+
+
+def _mode(key: str, value: Any) -> str:
+    if value not in TIMEOUT_MODES:
+        raise ValueError(f"{key} must be one of {', '.join(TIMEOUT_MODES)}")
+    return str(value)
+
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "latency_ms": _number,
+    "error_rate": lambda k, v: _number(k, v, 1.0),
+    "error_statuses": lambda k, v: _statuses(k, v, allow_empty=False),
+    "fail_next": _statuses,
+    "retry_after": lambda k, v: None if v is None else _count(k, v),
+    "timeout_next": _count,
+    "hang_seconds": _number,
+    "timeout_mode": _mode,
+    "apply_on_timeout": _flag,
+    "down": _flag,
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The fault (if any) chosen for one call. ``kind`` is None for a normal answer."""
+
+    latency: float
+    kind: str | None = None
+    status: int | None = None
+    retry_after: int | None = None
+    hang: float = 0.0
+    close: bool = False
+    apply: bool = False
+
+
+def decide(faults: Faults, rng: random.Random) -> Decision:
+    """Choose this call's fault, consuming ``fail_next``/``timeout_next`` (caller holds lock)."""
+    latency = faults.latency_ms / 1000.0
+    if faults.down:
+        return Decision(latency, "down", 503, faults.retry_after)
+    if faults.fail_next:
+        return Decision(latency, "fail_next", faults.fail_next.pop(0), faults.retry_after)
+    if faults.timeout_next > 0:
+        faults.timeout_next -= 1
+        close = faults.timeout_mode == "close"
+        return Decision(latency, "timeout", 504, None, faults.hang_seconds, close,
+                        faults.apply_on_timeout)
+    if faults.error_rate > 0 and rng.random() < faults.error_rate:
+        status = rng.choice(faults.error_statuses)
+        return Decision(latency, "error_rate", status, faults.retry_after)
+    return Decision(latency)
