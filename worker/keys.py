@@ -4,8 +4,8 @@
 |---|---|---|
 | ``idvcancel:results`` | stream, field ``event`` | one result event per request (contract) |
 | ``idvcancel:audit`` | stream, field ``record`` | the hash-chained audit trail (contract) |
-| ``idvcancel:audit:head`` | string ``"<seq>:<hash>"`` | the chain's last link, compared-and-set by every append |
-| ``idvcancel:req:<request_id>`` | hash | the idempotency ledger of one request (see ``worker.ledger``) |
+| ``idvcancel:audit:head`` | string ``"<seq>:<hash>"`` | the chain's last link (compare-and-set) |
+| ``idvcancel:req:<request_id>`` | hash | one request's ledger (``worker.ledger``) |
 | ``idvcancel:msg:<task_id>`` | hash | the ledger of a message whose request id could not be read |
 | ``idvcancel:dlq`` | hash id → JSON | dead letters: everything needed to replay a request |
 | ``idvcancel:dlq:index`` | sorted set, score = ms | dead letters in the order they arrived |

@@ -3,12 +3,13 @@
 Celery on Redis delivers at least once, so the same request can arrive twice, in
 parallel, or again after a crash. The ledger decides what each delivery may do:
 
-| phase | meaning | a delivery that finds it ... |
-|---|---|---|
-| (none) | never seen | claims it (``calling``) |
-| ``calling`` | a worker holds the lease and may be calling the provider | waits while the lease runs; after it expires, takes over and *recovers*: reads the session's status before calling again |
-| ``waiting`` | a transient failure; next attempt not before ``not_before`` | waits until then, then claims the next attempt |
-| ``done`` | finished with ``outcome`` | records a duplicate and does nothing |
+- (no ledger): never seen. A delivery claims it (phase ``calling``).
+- ``calling``: a worker holds the lease and may be calling the provider. A delivery
+  waits while the lease runs; after it expires it takes over and *recovers*: it reads
+  the session's status at the provider before calling again.
+- ``waiting``: a transient failure; next attempt not before ``not_before``. A delivery
+  waits until then, then claims the next attempt.
+- ``done``: finished with ``outcome``. A delivery records a duplicate, nothing more.
 
 A delivery whose fingerprint differs from the ledger's is a conflicting request that
 reuses the id: it is rejected (once per distinct fingerprint).

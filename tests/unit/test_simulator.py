@@ -553,3 +553,20 @@ def test_module_entry_point_prints_url_and_env_then_stops_on_sigterm() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stats_flag_references_changed_twice_and_max_calls_trims(
+    sim: Simulator, admin: SimulatorClient, http: httpx.Client
+) -> None:
+    # Given a pass cancelled, re-seeded and cancelled again (a duplicate side effect)
+    admin.seed("idpass", [REF])
+    idpass_cancel(sim, http)
+    admin.seed("idpass", [REF])
+    idpass_cancel(sim, http)
+    # When the stats are read and the call log is capped at one entry
+    stats = admin.stats()
+    admin.configure(max_calls=1)
+    # Then the duplicate is reported and only the newest call is kept
+    assert stats["duplicate_effective"] == [{"provider": "idpass", "reference": REF, "count": 2}]
+    assert stats["providers"]["idpass"]["effective"] == 2
+    assert [c["seq"] for c in admin.calls()] == [2]

@@ -41,7 +41,8 @@ class IdPassAdapter(ProviderAdapter):
     rules = RULES
 
     def _auth(self) -> dict[str, str]:
-        token = self.require(self.settings.idpass_token.get_secret_value(), "IDVCANCEL_IDPASS_TOKEN")
+        secret = self.settings.idpass_token.get_secret_value()
+        token = self.require(secret, "IDVCANCEL_IDPASS_TOKEN")
         return {"Authorization": f"Bearer {token}"}
 
     def execute(self, request: CancelRequest, rule: ActionRule) -> ProviderAnswer:

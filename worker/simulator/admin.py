@@ -145,9 +145,7 @@ class AdminAPI:
             isinstance(max_calls, bool) or not isinstance(max_calls, int) or max_calls < 0
         ):
             raise AdminError(400, "max_calls must be null or an integer >= 0")
-        with self.store.lock:
-            self.store.autocreate = autocreate
-            self.store.max_calls = max_calls
+        self.store.configure(autocreate, max_calls)
         return self.config(req, ())
 
     def reset(self, req: SimRequest, _: tuple[str, ...]) -> Any:

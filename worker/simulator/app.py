@@ -14,6 +14,7 @@ from worker.simulator.wire import SimRequest, SimResponse
 ADMIN_PREFIX = "/_sim"
 FAULT_MESSAGES = {
     "down": "service unavailable (simulated outage)",
+    "stuck": "simulated failure (this reference)",
     "fail_next": "simulated failure",
     "error_rate": "simulated failure",
     "timeout": "gateway timeout (simulated)",
@@ -47,10 +48,10 @@ class App:
 
     def provider_call(self, api: ProviderAPI, req: SimRequest) -> SimResponse:
         arrived = time.time()
-        decision = self.store.take_fault(api.name)
+        references = list(dict.fromkeys(api.references(req)))
+        decision = self.store.take_fault(api.name, references)
         if decision.latency > 0:
             self.stopping.wait(decision.latency)
-        references = list(dict.fromkeys(api.references(req)))
         with self.store.lock:
             outcome = self.outcome(api, req, decision)
             response = outcome.response

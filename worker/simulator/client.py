@@ -106,6 +106,18 @@ class SimulatorClient:
         )
         return result
 
+    def script_reference(
+        self, provider: str, reference: str, statuses: list[int], *, sticky: bool = False
+    ) -> dict[str, Any]:
+        """Make calls for one reference fail: with ``statuses`` in order, or (``sticky``)
+        always with ``statuses[0]``. Other references are untouched."""
+        current = self.faults(provider)
+        if sticky:
+            current["stuck_reference"] = {**current["stuck_reference"], reference: statuses[0]}
+        else:
+            current["fail_reference"] = {**current["fail_reference"], reference: statuses}
+        return self.set_faults(provider, **current)
+
     def faults(self, provider: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/faults/{quote(provider, safe='')}")
         return result

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -28,10 +28,16 @@ class Faults:
     timeout_mode: str = "504"
     apply_on_timeout: bool = False
     down: bool = False
+    #: Per reference: statuses answered to that reference's next calls, in order.
+    fail_reference: dict[str, list[int]] = field(default_factory=dict)
+    #: Per reference: a status answered to every call for that reference.
+    stuck_reference: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> Faults:
         return replace(
-            self, error_statuses=list(self.error_statuses), fail_next=list(self.fail_next)
+            self, error_statuses=list(self.error_statuses), fail_next=list(self.fail_next),
+            fail_reference={k: list(v) for k, v in self.fail_reference.items()},
+            stuck_reference=dict(self.stuck_reference),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -85,7 +91,21 @@ def _mode(key: str, value: Any) -> str:
     return str(value)
 
 
+def _per_reference(key: str, value: Any) -> dict[str, list[int]]:
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise ValueError(f"{key} must map references to lists of statuses")
+    return {k: _statuses(key, v) for k, v in value.items()}
+
+
+def _stuck(key: str, value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{key} must map references to a status")
+    return {str(k): _statuses(key, [v])[0] for k, v in value.items()}
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "fail_reference": _per_reference,
+    "stuck_reference": _stuck,
     "latency_ms": _number,
     "error_rate": lambda k, v: _number(k, v, 1.0),
     "error_statuses": lambda k, v: _statuses(k, v, allow_empty=False),
@@ -112,9 +132,18 @@ class Decision:
     apply: bool = False
 
 
-def decide(faults: Faults, rng: random.Random) -> Decision:
+def decide(
+    faults: Faults, rng: random.Random, references: Sequence[str | None] = ()
+) -> Decision:
     """Choose this call's fault, consuming ``fail_next``/``timeout_next`` (caller holds lock)."""
     latency = faults.latency_ms / 1000.0
+    for reference in references:
+        if reference in faults.stuck_reference:
+            return Decision(latency, "stuck", faults.stuck_reference[reference],
+                            faults.retry_after)
+        scripted = faults.fail_reference.get(reference or "")
+        if scripted:
+            return Decision(latency, "fail_next", scripted.pop(0), faults.retry_after)
     if faults.down:
         return Decision(latency, "down", 503, faults.retry_after)
     if faults.fail_next:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import threading
 from collections import Counter, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -90,6 +90,8 @@ class Store:
             self._faults = {name: f.copy() for name, f in self._initial_faults.items()}
             self._effective.clear()
             self._counts.clear()
+            self._seq = 0
+            self._request_seq = 0
 
     # -- sessions -------------------------------------------------------------------
     def put(self, session: Session) -> None:
@@ -141,9 +143,7 @@ class Store:
             self._seq += 1
             call = Call(seq=self._seq, **fields)
             self._calls.append(call)
-            if self.max_calls is not None:
-                while len(self._calls) > self.max_calls:
-                    self._calls.popleft()
+            self._trim()
             counts = self._counts.setdefault(call.provider, Counter())
             counts["calls"] += 1
             counts[f"status:{call.status}"] += 1
@@ -153,6 +153,18 @@ class Store:
                 counts["effective"] += 1
                 self._effective[(call.provider, call.reference)] += 1
             return call
+
+    def configure(self, autocreate: bool, max_calls: int | None) -> None:
+        """Run-time options; ``max_calls`` keeps only the newest calls (counters keep counting)."""
+        with self.lock:
+            self.autocreate = autocreate
+            self.max_calls = max_calls
+            self._trim()
+
+    def _trim(self) -> None:
+        if self.max_calls is not None:
+            while len(self._calls) > self.max_calls:
+                self._calls.popleft()
 
     def calls(
         self,
@@ -198,8 +210,8 @@ class Store:
         with self.lock:
             self._faults[provider] = faults.copy()
 
-    def take_fault(self, provider: str) -> Decision:
+    def take_fault(self, provider: str, references: Sequence[str | None] = ()) -> Decision:
         """Decide this call's fault atomically (consumes scripted faults)."""
         with self.lock:
             faults = self._faults.setdefault(provider, Faults())
-            return decide(faults, self._rng)
+            return decide(faults, self._rng, references)
