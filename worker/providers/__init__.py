@@ -16,6 +16,10 @@ from worker.rules import ProviderRules
 #: provider name → "module:class"
 _ADAPTERS: dict[str, str] = {
     "idpass": "worker.providers.idpass:IdPassAdapter",
+    "txcloud": "worker.providers.txcloud:TxCloudAdapter",
+    "gu1": "worker.providers.gu1:Gu1Adapter",
+    "jumio": "worker.providers.jumio:JumioAdapter",
+    "onespan": "worker.providers.onespan:OneSpanAdapter",
 }
 
 _lock = threading.Lock()
