@@ -11,3 +11,5 @@ from worker.logs import configure
 configure()
 app = Celery("idvcancel", include=["tasks.process"])
 app.conf.update(celery_config(get_settings()))
+
+import worker.startup  # noqa: E402, F401 - connects the start-up checks to worker_ready

@@ -51,6 +51,8 @@ def redact(
 
 def configure(level: int = logging.INFO) -> None:
     """JSON lines on stderr, ``request_id`` and friends bound per request."""
+    # httpx logs every request line at INFO; our own "attempt" step already says it.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

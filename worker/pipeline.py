@@ -116,6 +116,7 @@ class Pipeline:
         try:
             adapter = self.adapters(request.provider, self.settings)
             rule = check(request, adapter.rules)
+            adapter.validate(request)
         except KeyError:
             error = ("provider_not_supported", f"no adapter for provider {request.provider}")
             return self._finish(message, 0, records.event(

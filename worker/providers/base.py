@@ -113,6 +113,12 @@ class ProviderAdapter(abc.ABC):
     def default_headers(self) -> dict[str, str]:
         return {"Accept": "application/json"}
 
+    def validate(self, request: CancelRequest) -> None:
+        """Check provider-specific ``options`` before anything is claimed or called.
+
+        Raise ``worker.rules.RuleViolation`` to end the request ``rejected`` (no call).
+        """
+
     @abc.abstractmethod
     def execute(self, request: CancelRequest, rule: ActionRule) -> ProviderAnswer:
         """Carry the action out: one HTTP call, answer classified."""
