@@ -36,6 +36,23 @@ class Settings(BaseSettings):
     # How long a worker may hold a request before another may take it over.
     lease_seconds: float = Field(60.0, gt=0)
     http_timeout_seconds: float = Field(10.0, gt=0)
+    # A transient failure after this long since the first attempt ends the request
+    # ``failed`` whatever the attempt count (the circuit breaker holds requests back
+    # without spending attempts, so time is the budget that bounds an outage).
+    retry_deadline_seconds: float = Field(3600.0, gt=0)
+
+    # Circuit breaker per provider, shared through Redis.
+    breaker_failure_threshold: int = Field(5, ge=1)
+    breaker_open_seconds: float = Field(30.0, gt=0)
+    breaker_probe_seconds: float = Field(15.0, gt=0)
+    # Requests per second per provider, shared through Redis (0 or absent = no limit).
+    # Defaults from the published limits: TXCloud's smallest plan 60/min, Jumio
+    # retrieval 15/s. Set e.g. IDVCANCEL_RATE_LIMITS='{"txcloud": 16.6}'.
+    rate_limits: dict[str, float] = Field(
+        default_factory=lambda: {"txcloud": 1.0, "jumio": 15.0}
+    )
+    # Port for /metrics and /healthz on each worker process (0 = off).
+    metrics_port: int = Field(0, ge=0, le=65535)
 
     # Provider endpoints and credentials.
     idpass_base_url: str = "https://idpass.example.invalid"

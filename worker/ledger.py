@@ -45,6 +45,8 @@ class LedgerState:
     conflicts: tuple[str, ...] = field(default_factory=tuple)
     #: Set when a worker took over from one that died mid-call: read before calling.
     recover: bool = False
+    #: When the request was first claimed (epoch seconds): the retry deadline counts from it.
+    created: float = 0.0
 
     @classmethod
     def from_hash(cls, raw: dict[str, str]) -> LedgerState:
@@ -64,6 +66,7 @@ class LedgerState:
             provider_status=raw.get("provider_status") or None,
             conflicts=tuple(json.loads(raw.get("conflicts") or "[]")),
             recover=raw.get("recover") == "1",
+            created=float(raw.get("created") or 0),
         )
 
 

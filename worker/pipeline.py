@@ -19,10 +19,12 @@ from typing import Any
 from config.settings import Settings
 from worker import intake, ledger, records
 from worker.contract import Outcome
+from worker.guard import Hold, ProviderGuard
 from worker.intake import Message
 from worker.journal import DeadLetter, Journal, Moved
 from worker.ledger import CALLING, DONE, WAITING, LedgerState
 from worker.logs import get_logger
+from worker.metrics import ATTEMPTS, DUPLICATES, LATENCY, REQUESTS, RETRIES
 from worker.providers import get_adapter
 from worker.providers.base import ProviderAdapter, ProviderAnswer
 from worker.providers.errors import PermanentError, ProviderError, TransientError
@@ -56,8 +58,10 @@ class Pipeline:
         *,
         adapters: Callable[[str, Settings], ProviderAdapter] = get_adapter,
         clock: Callable[[], float] = time.time,
+        guard: ProviderGuard | None = None,
     ) -> None:
         self.settings = settings
+        self.guard = guard
         self.journal = journal
         self.adapters = adapters
         self.clock = clock
@@ -84,6 +88,7 @@ class Pipeline:
             return self._conflict(message, state, log)
         if state.phase == DONE:
             log.info("duplicate", outcome=state.outcome)
+            DUPLICATES.labels(message.field("provider") or "unknown").inc()
             return self.journal.apply(
                 message.ledger_key, state.version,
                 records=[records.draft(records.DUPLICATE, message, outcome=state.outcome)],
@@ -103,7 +108,7 @@ class Pipeline:
         moved = self._claim(message, state, attempts=state.attempts, drafts=extra,
                             recover=recovering)
         return moved or self._carry_out(message, rule, state.version + 1, state.attempts,
-                                        recovering, log)
+                                        recovering, log, created=state.created or self.clock())
 
     # -- first sight -------------------------------------------------------------------
     def _first_delivery(self, message: Message, log: Any, raw: Any) -> Step | Moved:
@@ -124,8 +129,9 @@ class Pipeline:
         except RuleViolation as exc:
             return self._finish(message, 0, records.event(
                 message, Outcome.REJECTED, error=(exc.code, exc.message)), [received], log)
-        moved = self._claim(message, LedgerState(), attempts=0, drafts=[received])
-        return moved or self._carry_out(message, rule, 1, 0, False, log)
+        now = self.clock()
+        moved = self._claim(message, LedgerState(), attempts=0, drafts=[received], created=now)
+        return moved or self._carry_out(message, rule, 1, 0, False, log, created=now)
 
     def _conflict(self, message: Message, state: LedgerState, log: Any) -> Step | Moved:
         if message.fingerprint in state.conflicts:
@@ -145,9 +151,11 @@ class Pipeline:
         ) or Finished(Outcome.REJECTED)
 
     def _claim(self, message: Message, state: LedgerState, *, attempts: int,
-               drafts: list[dict[str, Any]], recover: bool = False) -> Moved | None:
+               drafts: list[dict[str, Any]], recover: bool = False,
+               created: float | None = None) -> Moved | None:
         lease_until = self.clock() + self.settings.lease_seconds
-        return self.journal.apply(message.ledger_key, state.version, ledger={
+        first = {"created": f"{created:.3f}"} if created is not None else {}
+        return self.journal.apply(message.ledger_key, state.version, ledger={**first,
             "fp": message.fingerprint, "phase": CALLING, "owner": self.owner,
             "lease_until": f"{lease_until:.3f}", "attempts": str(attempts),
             "recover": "1" if recover else "",
@@ -155,10 +163,12 @@ class Pipeline:
 
     # -- the provider call -------------------------------------------------------------
     def _carry_out(self, message: Message, rule: ActionRule, version: int, attempts: int,
-                   recovering: bool, log: Any) -> Step | Moved:
+                   recovering: bool, log: Any, *, created: float) -> Step | Moved:
         request = message.request
         assert request is not None
         adapter = self.adapters(request.provider, self.settings)
+        if self.guard is not None and (hold := self.guard.admit(request.provider)):
+            return self._held(message, version, attempts, hold, created, log)
         attempt = attempts + 1
         started = time.monotonic()
         try:
@@ -166,13 +176,15 @@ class Pipeline:
                 return self._final(message, version, attempts, done, [], log, recovered=True)
             answer: ProviderAnswer | ProviderError = adapter.execute(request, rule)
         except TransientError as exc:
-            return self._transient(message, version, attempt, exc, started, log)
+            self._observe(request.provider, exc, started)
+            return self._transient(message, version, attempt, exc, started, log, created)
         except PermanentError as exc:
             answer = exc
         except Exception as exc:  # a bug in an adapter must not lose the request
             log.exception("adapter_error")
             wrapped = TransientError(f"internal error: {type(exc).__name__}", code="internal_error")
-            return self._transient(message, version, attempt, wrapped, started, log)
+            return self._transient(message, version, attempt, wrapped, started, log, created)
+        self._observe(request.provider, answer, started)
         attempt_record = self._attempt_record(message, attempt, answer, started)
         return self._final(message, version, attempt, answer, [attempt_record], log)
 
@@ -193,6 +205,40 @@ class Pipeline:
             return ProviderAnswer(rule.outcome, None, status)
         return None
 
+    def _observe(self, provider: str, answer: ProviderAnswer | ProviderError,
+                 started: float) -> None:
+        LATENCY.labels(provider).observe(time.monotonic() - started)
+        ATTEMPTS.labels(provider, str(answer.http_status or "none")).inc()
+        if self.guard is not None:
+            self.guard.record(provider, answer if isinstance(answer, ProviderError) else None)
+
+    def _held(self, message: Message, version: int, attempts: int, hold: Hold, created: float,
+              log: Any) -> Step | Moved:
+        """The breaker or the rate limit held the call back: wait, spending no attempt,
+        unless the retry deadline has passed."""
+        if self.clock() - created > self.settings.retry_deadline_seconds:
+            failed = PermanentError(f"gave up: {hold.reason} past the retry deadline",
+                                    code=hold.reason)
+            failed.outcome = Outcome.FAILED
+            return self._final(message, version, attempts, failed, [], log)
+        return self._wait(message, version, attempts, hold.seconds, hold.reason, None, [], log)
+
+    def _wait(self, message: Message, version: int, attempts: int, delay: float, reason: str,
+              http_status: int | None, drafts: list[dict[str, Any]], log: Any) -> Step | Moved:
+        RETRIES.labels(message.field("provider") or "unknown", reason).inc()
+        log.info("retry_scheduled", attempt=attempts, delay=round(delay, 3), error=reason,
+                 http_status=http_status)
+        moved = self.journal.apply(message.ledger_key, version, ledger={
+            "phase": WAITING, "attempts": str(attempts), "owner": "", "lease_until": "0",
+            "not_before": f"{self.clock() + delay:.3f}",
+            "http_status": str(http_status or ""), "provider_status": "",
+        }, records=[*drafts, records.draft(
+            records.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
+            error=reason)])
+        if moved is not None:
+            return self._settle_after_race(message, moved, log)
+        return RetryLater(min(delay, self.settings.retry_cap_seconds))
+
     def _attempt_record(self, message: Message, attempt: int,
                         answer: ProviderAnswer | ProviderError, started: float) -> dict[str, Any]:
         return records.draft(
@@ -202,27 +248,18 @@ class Pipeline:
         )
 
     def _transient(self, message: Message, version: int, attempt: int, exc: TransientError,
-                   started: float, log: Any) -> Step | Moved:
+                   started: float, log: Any, created: float) -> Step | Moved:
         attempt_record = self._attempt_record(message, attempt, exc, started)
         delay = self.policy.delay(attempt, retry_after=exc.retry_after)
-        if delay is None:
+        past_deadline = self.clock() - created > self.settings.retry_deadline_seconds
+        if delay is None or past_deadline:
             failed = PermanentError(
                 f"gave up after {attempt} attempts: {exc.message}", code=exc.code,
                 http_status=exc.http_status)
             failed.outcome = Outcome.FAILED
             return self._final(message, version, attempt, failed, [attempt_record], log)
-        log.info("retry_scheduled", attempt=attempt, delay=round(delay, 3), error=exc.code,
-                 http_status=exc.http_status)
-        moved = self.journal.apply(message.ledger_key, version, ledger={
-            "phase": WAITING, "attempts": str(attempt), "owner": "", "lease_until": "0",
-            "not_before": f"{self.clock() + delay:.3f}",
-            "http_status": str(exc.http_status or ""), "provider_status": "",
-        }, records=[attempt_record, records.draft(
-            records.RETRY_SCHEDULED, message, attempt=attempt, delay_s=round(delay, 3),
-            error=exc.code)])
-        if moved is not None:
-            return self._settle_after_race(message, moved, log)
-        return RetryLater(min(delay, self.settings.retry_cap_seconds))
+        return self._wait(message, version, attempt, delay, exc.code, exc.http_status,
+                          [attempt_record], log)
 
     def _final(self, message: Message, version: int, attempts: int,
                answer: ProviderAnswer | ProviderError, drafts: list[dict[str, Any]], log: Any,
@@ -264,6 +301,7 @@ class Pipeline:
             "provider_status": result["provider_status"] or "", "recover": "",
         }, records=steps, event=result, dead_letter=dead, ledger_ttl=None)
         if moved is None:
+            REQUESTS.labels(message.field("provider") or "unknown", outcome.value).inc()
             log.info("completed", outcome=outcome.value, attempts=result["attempts"],
                      http_status=result["http_status"],
                      error=result["error"]["code"] if result["error"] else None)

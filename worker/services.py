@@ -9,6 +9,7 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from config.settings import get_settings
+from worker.guard import build_guard
 from worker.journal import Journal
 from worker.pipeline import Pipeline
 
@@ -35,5 +36,10 @@ def pipeline() -> Pipeline:
     with _lock:
         if _pipeline is None:
             settings = get_settings()
-            _pipeline = Pipeline(settings, Journal(redis_client(settings.redis_url)))
+            client = redis_client(settings.redis_url)
+            guard = build_guard(
+                client, threshold=settings.breaker_failure_threshold,
+                open_seconds=settings.breaker_open_seconds,
+                probe_seconds=settings.breaker_probe_seconds, rates=settings.rate_limits)
+            _pipeline = Pipeline(settings, Journal(client), guard=guard)
         return _pipeline

@@ -10,6 +10,7 @@ from celery.signals import worker_ready
 
 from config.settings import get_settings
 from worker.logs import get_logger
+from worker.metrics import serve
 from worker.providers import adapter_class, supported_providers
 
 
@@ -25,8 +26,30 @@ def configuration_warnings() -> list[str]:
     return warnings
 
 
+def _healthy() -> tuple[bool, str]:
+    """Healthy when Redis (broker, ledger and journal) answers."""
+    from worker.services import redis_client
+
+    try:
+        redis_client(get_settings().redis_url).ping()
+    except Exception as exc:
+        return False, f"redis unreachable: {type(exc).__name__}"
+    return True, "ok"
+
+
+def _dead_letter_depth() -> int:
+    from worker import keys
+    from worker.services import redis_client
+
+    return int(redis_client(get_settings().redis_url).hlen(keys.DLQ))
+
+
 @worker_ready.connect
-def _warn_on_start(**_: Any) -> None:
+def _on_start(**_: Any) -> None:
     log = get_logger()
     for warning in configuration_warnings():
         log.warning("configuration", problem=warning)
+    port = get_settings().metrics_port
+    if port:
+        serve(port, _healthy, _dead_letter_depth)
+        log.info("metrics", port=port, paths=["/metrics", "/healthz"])

@@ -118,6 +118,7 @@ class ProviderAdapter(abc.ABC):
 
         Raise ``worker.rules.RuleViolation`` to end the request ``rejected`` (no call).
         """
+        return  # most providers take no options
 
     @abc.abstractmethod
     def execute(self, request: CancelRequest, rule: ActionRule) -> ProviderAnswer:

@@ -1,0 +1,78 @@
+"""Prometheus metrics, and the ``/metrics`` + ``/healthz`` endpoint of a worker process.
+
+Counters are per process (Prometheus sums them); the dead-letter depth is read from
+Redis at scrape time, so every worker reports the same, true number.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import REGISTRY, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+REQUESTS = Counter("idvcancel_requests_total", "Requests finished, by provider and outcome",
+                   ["provider", "outcome"])
+ATTEMPTS = Counter("idvcancel_attempts_total", "Provider calls, by provider and HTTP status",
+                   ["provider", "http_status"])
+RETRIES = Counter("idvcancel_retries_total", "Retries scheduled, by provider and reason",
+                  ["provider", "reason"])
+DUPLICATES = Counter("idvcancel_duplicates_total", "Deliveries of requests already done",
+                     ["provider"])
+LATENCY = Histogram("idvcancel_provider_latency_seconds", "Provider call duration",
+                    ["provider"], buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+BREAKER_STATE = Gauge("idvcancel_breaker_state",
+                      "Circuit breaker as last seen here: 0 closed, 1 open, 2 half-open",
+                      ["provider"])
+RATE_LIMITED = Counter("idvcancel_rate_limited_total",
+                       "Calls held back by our limiter (local) or refused with 429 (provider)",
+                       ["provider", "by"])
+
+
+class DeadLetterDepth(Collector):
+    """``idvcancel_dead_letters``: entries waiting in the dead-letter store, read live."""
+
+    def __init__(self, read_depth: Callable[[], int]) -> None:
+        self.read_depth = read_depth
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("idvcancel_dead_letters", "Entries in the dead-letter store")
+        try:
+            gauge.add_metric([], float(self.read_depth()))
+        except Exception:
+            gauge.add_metric([], float("nan"))
+        yield gauge
+
+
+def serve(port: int, healthy: Callable[[], tuple[bool, str]],
+          read_depth: Callable[[], int]) -> ThreadingHTTPServer:
+    """Serve ``/metrics`` and ``/healthz`` (200 when healthy, 503 otherwise) on ``port``."""
+    REGISTRY.register(DeadLetterDepth(read_depth))
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/healthz"):
+                ok, detail = healthy()
+                self._send(200 if ok else 503, detail.encode(), "text/plain")
+            elif self.path.startswith("/metrics"):
+                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            else:
+                self._send(404, b"not found", "text/plain")
+
+        def _send(self, status: int, body: bytes, content_type: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: scrapes every few seconds would drown the step logs."""
+
+    server = ThreadingHTTPServer(("0.0.0.0", port), Handler)  # noqa: S104 - scraped from outside
+    threading.Thread(target=server.serve_forever, daemon=True, name="metrics").start()
+    return server
