@@ -53,6 +53,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": PREFETCH_MULTIPLIER,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
+        # Messages Celery cannot decode or route still end "rejected", on the record.
+        "worker_consumer": "worker.consumer:RecordingConsumer",
         "worker_send_task_events": False,
         "enable_utc": True,
     }

@@ -8,6 +8,7 @@ countdown. Jobs may run more than once: this is where that stops mattering.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -17,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from config.settings import Settings
-from worker import intake, ledger, records
+from worker import intake, keys, ledger, records
 from worker.contract import Outcome
 from worker.guard import Hold, ProviderGuard
 from worker.intake import Message
@@ -72,11 +73,20 @@ class Pipeline:
 
     # -- entry -------------------------------------------------------------------------
     def handle(self, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str) -> Step:
-        message = intake.parse(args, kwargs, task_id)
-        log = get_logger(request_id=message.request_id, task_id=task_id)
+        return self._run(intake.parse(args, kwargs, task_id), raw=(args, kwargs))
+
+    def reject_unreadable(self, task_id: str, code: str, text: str, raw: Any) -> Step:
+        """Answer a message Celery could not turn into a task call (see worker.consumer)."""
+        digest = hashlib.sha256(repr(raw).encode("utf-8", "replace")).hexdigest()
+        message = Message(keys.message_ledger(task_id), digest, None, None, (code, text), {},
+                          task_id)
+        return self._run(message, raw=(raw,))
+
+    def _run(self, message: Message, raw: Any) -> Step:
+        log = get_logger(request_id=message.request_id, task_id=message.task_id)
         state = LedgerState()  # optimistic: most requests are new
         while True:
-            step = self._decide(message, state, log, raw=(args, kwargs))
+            step = self._decide(message, state, log, raw=raw)
             if not isinstance(step, Moved):
                 return step
             state = ledger.read(self.journal.client, message.ledger_key)

@@ -145,9 +145,12 @@ def test_malformed_messages_are_rejected_and_the_worker_goes_on(stack: Stack) ->
     assert rejected["outcome"] == "rejected" and rejected["attempts"] == 0
     assert "provider" in rejected["error"]["message"]
     assert "surprise" in rejected["error"]["message"]
-    # And the id-less ones are rejected too, with a dead letter each
-    anonymous = [e for e in stack.events() if e["request_id"] is None]
-    assert len(anonymous) == 2 and all(e["outcome"] == "rejected" for e in anonymous)
-    assert stack.redis.hlen("idvcancel:dlq") == 2
+    # And the id-less ones (wrong arguments, an undecodable body) are rejected too,
+    # each once, with a dead letter each
+    anonymous = stack.wait_events(lambda e: e["request_id"] is None, count=3)
+    assert all(e["outcome"] == "rejected" for e in anonymous)
+    codes = sorted(e["error"]["code"] for e in anonymous)
+    assert codes == ["invalid_message", "invalid_message", "undecodable_message"]
+    assert stack.redis.hlen("idvcancel:dlq") == 3
     assert stack.audit(bad_fields["request_id"])[-1]["step"] == "rejected"
     stack.assert_chain_intact()
