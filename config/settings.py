@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.contract import PROVIDERS
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -53,6 +55,12 @@ class Settings(BaseSettings):
     )
     # Port for /metrics and /healthz on each worker process (0 = off).
     metrics_port: int = Field(0, ge=0, le=65535)
+    # Message signing (worker.security): paths to a PEM key, its certificate, and a
+    # directory (or glob) of the certificates whose signatures are accepted.
+    signing_key: str = ""
+    signing_key_password: SecretStr = SecretStr("")
+    signing_certificate: str = ""
+    signing_cert_store: str = ""
 
     # Provider endpoints and credentials.
     idpass_base_url: str = "https://idpass.example.invalid"
@@ -85,6 +93,35 @@ class Settings(BaseSettings):
                 f" at least twice the retry cap plus the HTTP timeout ({worst:g} s)"
             )
         return self
+
+    # -- session tracking, the abandoned-application sweep and supersede ---------------
+    # How often Celery beat enqueues ``idvcancel.sweep``.
+    sweep_interval_seconds: float = Field(300.0, gt=0)
+    # provider -> seconds without activity before the sweep cancels a session, as a JSON
+    # object; a provider left out keeps its rules table's ``abandoned_after``.
+    sweep_after_seconds: dict[str, float] = Field(default_factory=dict)
+    # Most sessions one sweep run claims, all providers together (shared fairly).
+    sweep_batch_size: int = Field(10_000, ge=1)
+    # A claim not released after this long belongs to a sweep (or track) that died
+    # between claiming and enqueueing: the next sweep enqueues it again (the request id
+    # is deterministic, so the ledger makes that safe even if the first one got through).
+    sweep_reclaim_after_seconds: float = Field(600.0, gt=0)
+    # How long a finished session's record is kept, so a late or out-of-order report
+    # for it cannot put it back into tracking.
+    track_retention_seconds: int = Field(30 * 86400, ge=1)
+
+    @field_validator("sweep_after_seconds")
+    @classmethod
+    def _sweep_thresholds_are_known_and_positive(cls, value: dict[str, float]
+                                                 ) -> dict[str, float]:
+        # A typo in a provider name would otherwise silently keep the default.
+        for provider, seconds in value.items():
+            if provider not in PROVIDERS:
+                raise ValueError(f"IDVCANCEL_SWEEP_AFTER_SECONDS: unknown provider {provider!r};"
+                                 f" known: {', '.join(PROVIDERS)}")
+            if not seconds > 0:
+                raise ValueError(f"IDVCANCEL_SWEEP_AFTER_SECONDS: {provider} must be > 0 seconds")
+        return value
 
 
 @lru_cache(maxsize=1)

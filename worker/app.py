@@ -7,9 +7,11 @@ from celery import Celery
 from config.celery import celery_config
 from config.settings import get_settings
 from worker.logs import configure
+from worker.security import configure_signing
 
 configure()
 app = Celery("idvcancel", include=["tasks.process"])
 app.conf.update(celery_config(get_settings()))
+configure_signing(app, get_settings())
 
 import worker.startup  # noqa: E402, F401 - connects the start-up checks to worker_ready
