@@ -77,8 +77,9 @@ RULES = ProviderRules(
         ),
     },
     statuses=STATUSES,
-    # TXCloud documents no validity period for an async verification. It is processed by
-    # machine within minutes; one still pending after a day is stuck or forgotten.
+    # TXCloud documents no validity period for an async verification (nothing in seed 001
+    # or the docs). It is processed automatically, so one still ``pending`` after a day
+    # is stuck or forgotten: 1 day, as agreed for undocumented async verifications.
     abandoned_after=timedelta(days=1),
 )
 
