@@ -1,0 +1,360 @@
+"""OneSpan: its rules table, options, the exact cancel and erasure requests, and how each
+answer (and each transaction's erasure result) is classified (httpx MockTransport)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+
+from config.settings import Settings
+from worker.contract import ActionName, CancelRequest, Outcome
+from worker.providers import errors
+from worker.providers.base import ProviderAnswer
+from worker.providers.onespan import (
+    MARKED,
+    RULES,
+    OneSpanAdapter,
+    mark_for_erasure,
+    parse_erasure_results,
+)
+from worker.rules import RuleViolation, check
+
+REF = "968c1ceb-7508-4a92-aef7-3661b01ffcab"
+OTHER = "6cca2f64-2781-49fc-85de-f80361581969"
+CANCEL = RULES.actions["cancel"]
+DELETE = RULES.actions["delete"]
+ACCEPTED = "Transaction Erase Request - Accepted"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def request(**change: object) -> CancelRequest:
+    base = {"request_id": "r", "provider": "onespan", "action": "cancel", "reference": REF,
+            "requested_by": "t"}
+    return CancelRequest.model_validate({**base, **change})
+
+
+def adapter(handler: Handler, token: str = "jwt", tenant: str = "acme") -> OneSpanAdapter:
+    config = Settings(onespan_base_url="http://onespan.test/prefix",
+                      onespan_token=token, onespan_tenant=tenant)
+    return OneSpanAdapter(config, transport=httpx.MockTransport(handler))
+
+
+def recorder(status: int = 200, **response: Any) -> tuple[list[httpx.Request], Handler]:
+    seen: list[httpx.Request] = []
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(status, **response)
+
+    return seen, handle
+
+
+def erasure_answer(*entries: dict[str, str], status: int = 200) -> Handler:
+    return recorder(status, json={"message": "m", "transactions": list(entries)})[1]
+
+
+# -- rules ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("status", "cancellable", "deletable"), [
+    ("new", True, False),
+    ("post_processing", True, False),
+    ("workflow_in_progress", True, False),
+    ("completed", False, True),
+    ("cancelled", False, True),
+    ("expired", False, True),
+    ("error", False, True),
+    ("workflow_completed", False, True),
+    ("autosigned", False, True),
+    ("vaulted", False, True),
+])
+def test_rules_table(status: str, cancellable: bool, deletable: bool) -> None:
+    assert status in RULES.statuses
+    assert RULES.is_actionable("cancel", status) is cancellable
+    assert RULES.is_actionable("delete", status) is deletable
+
+
+def test_rules_table_shape() -> None:
+    assert len(RULES.statuses) == 10
+    assert CANCEL.outcome is Outcome.CANCELLED and CANCEL.done_status == "cancelled"
+    assert DELETE.outcome is Outcome.DELETED and DELETE.done_status == MARKED
+    assert check(request(), RULES) is CANCEL
+    assert check(request(action="delete"), RULES) is DELETE
+
+
+# -- options ---------------------------------------------------------------------------
+@pytest.mark.parametrize(("action", "options", "field"), [
+    ("delete", {"grace_period": -1}, "options.grace_period"),
+    ("delete", {"grace_period": "7"}, "options.grace_period"),
+    ("delete", {"grace_period": True}, "options.grace_period"),
+    ("delete", {"grace_period": 1.5}, "options.grace_period"),
+    ("delete", {"grace": 7}, "options.grace"),
+    ("cancel", {"grace_period": 7}, "options.grace_period"),
+])
+def test_bad_options_are_refused_before_any_call(
+    action: ActionName, options: dict[str, object], field: str
+) -> None:
+    seen, handle = recorder()
+    onespan = adapter(handle)
+    # When the pipeline validates the request / Then a RuleViolation names the field
+    with pytest.raises(RuleViolation, match=field) as info:
+        onespan.validate(request(action=action, options=options))
+    assert info.value.code == "invalid_options"
+    # And execute, should it be reached anyway, rejects without a call
+    with pytest.raises(errors.ProviderRejected, match=field) as rejected:
+        onespan.execute(request(action=action, options=options), RULES.actions[action])
+    assert rejected.value.code == "invalid_options"
+    assert seen == []
+
+
+def test_good_options_pass_validation() -> None:
+    onespan = adapter(recorder()[1])
+    onespan.validate(request())
+    onespan.validate(request(action="delete"))
+    onespan.validate(request(action="delete", options={"grace_period": 0}))
+    onespan.validate(request(action="delete", options={"grace_period": 30}))
+
+
+# -- cancel ------------------------------------------------------------------------------
+def test_cancel_sends_the_documented_request() -> None:
+    # Given a provider that records what it receives
+    seen, handle = recorder(200, json={"id": REF, "status": "cancelled", "version": 5})
+    # When a cancel is executed
+    answer = adapter(handle).execute(request(), CANCEL)
+    # Then it is PUT {base}/api/transaction/{id}/event with the trigger and the bearer
+    (sent,) = seen
+    assert sent.method == "PUT"
+    assert str(sent.url) == f"http://onespan.test/prefix/api/transaction/{REF}/event"
+    assert sent.headers["authorization"] == "Bearer jwt"
+    assert sent.headers["accept"] == "application/json"
+    assert "x-tenant" not in sent.headers
+    assert json.loads(sent.content) == {"trigger": "transaction_cancelled"}
+    assert answer == ProviderAnswer(Outcome.CANCELLED, 200, "cancelled")
+
+
+def test_cancel_answered_200_with_another_status_is_rejected() -> None:
+    _, handle = recorder(200, json={"id": REF, "status": "completed"})
+    with pytest.raises(errors.ProviderRejected) as info:
+        adapter(handle).execute(request(), CANCEL)
+    assert info.value.code == "unexpected_status" and info.value.provider_status == "completed"
+
+
+@pytest.mark.parametrize(("body", "provider_status"), [
+    ({"message": "Transaction in status completed cannot be cancelled"}, "completed"),
+    ({"message": "bad", "status": "expired"}, "expired"),
+    ({"message": "bad", "status": 400}, None),
+    ({"message": "Invalid status surprise"}, None),
+    ({}, None),
+])
+def test_cancel_400_is_not_cancellable(body: dict[str, object], provider_status: str | None
+                                       ) -> None:
+    # Given a 400 to a well-formed cancel / Then the state forbids it, status kept if named
+    _, handle = recorder(400, json=body)
+    with pytest.raises(errors.NotCancellable) as info:
+        adapter(handle).execute(request(), CANCEL)
+    assert info.value.http_status == 400
+    assert info.value.provider_status == provider_status
+
+
+@pytest.mark.parametrize(("status", "error_type"), [
+    (401, errors.Unauthorized), (403, errors.Unauthorized), (404, errors.NotFound),
+    (409, errors.ProviderRejected), (429, errors.RateLimited),
+    (500, errors.ProviderServerError), (502, errors.ProviderServerError),
+    (503, errors.ProviderServerError), (504, errors.ProviderServerError),
+])
+def test_cancel_answers_are_classified(status: int, error_type: type[errors.ProviderError]
+                                       ) -> None:
+    _, handle = recorder(status, json={"message": "nope"}, headers={"Retry-After": "2"})
+    with pytest.raises(error_type) as info:
+        adapter(handle).execute(request(), CANCEL)
+    assert info.value.http_status == status and info.value.message == "nope"
+    assert isinstance(info.value, errors.TransientError) is (status in errors.TRANSIENT_STATUSES)
+    if status == 429:
+        assert isinstance(info.value, errors.RateLimited) and info.value.retry_after == 2.0
+
+
+def test_connection_errors_and_timeouts_are_transient() -> None:
+    def refuse(_: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused")
+
+    def slow(_: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow")
+
+    with pytest.raises(errors.ProviderUnreachable):
+        adapter(refuse).execute(request(), CANCEL)
+    with pytest.raises(errors.ProviderTimeout):
+        adapter(slow).execute(request(action="delete"), DELETE)
+
+
+# -- delete (mark for erasure) -------------------------------------------------------------
+@pytest.mark.parametrize(("options", "grace"), [({}, 0), ({"grace_period": 14}, 14)])
+def test_delete_sends_the_documented_request(options: dict[str, int], grace: int) -> None:
+    # Given a provider that accepts the erasure
+    seen, handle = recorder(
+        200, json={"transactions": [{"transaction_id": REF, "marking_event": ACCEPTED}]})
+    # When a delete is executed
+    answer = adapter(handle).execute(request(action="delete", options=options), DELETE)
+    # Then it is POST {base}/api/transactions/mark-for-erasure, X-Tenant, one id
+    (sent,) = seen
+    assert sent.method == "POST"
+    assert str(sent.url) == "http://onespan.test/prefix/api/transactions/mark-for-erasure"
+    assert sent.headers["authorization"] == "Bearer jwt"
+    assert sent.headers["x-tenant"] == "acme"
+    assert sent.headers["accept"] == "application/json"
+    assert json.loads(sent.content) == {"grace_period": grace, "transaction_ids": [REF]}
+    assert answer == ProviderAnswer(Outcome.DELETED, 200, MARKED)
+
+
+@pytest.mark.parametrize("entry", [
+    {"marking_event": ACCEPTED, "message": "The transaction has been accepted ..."},
+    {"error": "Transaction already marked for erasure"},
+    {"marking_event": "Transaction Erase Request - Already marked for erasure"},
+])
+def test_accepted_or_already_marked_is_deleted(entry: dict[str, str]) -> None:
+    handle = erasure_answer({"transaction_id": REF, **entry}, status=202)
+    answer = adapter(handle).execute(request(action="delete"), DELETE)
+    assert answer == ProviderAnswer(Outcome.DELETED, 202, MARKED)
+
+
+@pytest.mark.parametrize(("entry", "error_type", "code"), [
+    ({"error": "Transaction not found"}, errors.NotFound, "not_found"),
+    ({"marking_event": "Transaction Erase Request - Transaction Not Found",
+      "message": "This transaction doesn't exist, therefore cannot be marked for erasure."},
+     errors.NotFound, "not_found"),
+    ({"marking_event": "Transaction Erase Request - Transaction currently active",
+      "message": "Failed to mark for erasure, the transaction was active"},
+     errors.ProviderRejected, "transaction_active"),
+    ({"marking_event": "Transaction Erase Request - ID field error", "message": ""},
+     errors.ProviderRejected, "invalid_reference"),
+    ({"marking_event": "Transaction Erase Request - Fail", "message": "Storage locked"},
+     errors.ProviderRejected, "erasure_refused"),
+    ({"marking_event": "Transaction Erase Request - Not accepted"},
+     errors.ProviderRejected, "erasure_refused"),
+    ({"marking_event": "Transaction Erase Request - Transaction inactive"},
+     errors.ProviderRejected, "erasure_refused"),
+    ({}, errors.ProviderRejected, "erasure_refused"),
+])
+def test_refused_erasures_are_classified(
+    entry: dict[str, str], error_type: type[errors.ProviderError], code: str
+) -> None:
+    handle = erasure_answer({"transaction_id": REF, **entry}, status=207)
+    with pytest.raises(error_type) as info:
+        adapter(handle).execute(request(action="delete"), DELETE)
+    assert info.value.code == code and info.value.http_status == 207
+    for text in entry.values():
+        assert text in info.value.message
+
+
+def test_erasure_answer_without_our_id_is_transient() -> None:
+    # Given an answer about another transaction only (marking again is safe)
+    handle = erasure_answer({"transaction_id": OTHER, "marking_event": ACCEPTED})
+    with pytest.raises(errors.TransientError) as info:
+        adapter(handle).execute(request(action="delete"), DELETE)
+    assert info.value.code == "erasure_result_missing"
+
+
+@pytest.mark.parametrize(("status", "error_type", "code"), [
+    (400, errors.ProviderRejected, "provider_rejected"),
+    (401, errors.Unauthorized, "unauthorized"),
+    (403, errors.Unauthorized, "unauthorized"),
+    (404, errors.ProviderRejected, "endpoint_not_found"),
+    (429, errors.RateLimited, "rate_limited"),
+    (503, errors.ProviderServerError, "provider_server_error"),
+])
+def test_erasure_call_failures_apply_to_the_whole_call(
+    status: int, error_type: type[errors.ProviderError], code: str
+) -> None:
+    _, handle = recorder(status, json={"message": "Missing or invalid X-Tenant header"})
+    with pytest.raises(error_type) as info:
+        adapter(handle).execute(request(action="delete"), DELETE)
+    assert info.value.code == code and info.value.http_status == status
+
+
+def test_mark_for_erasure_reads_each_transactions_result() -> None:
+    # Given a batch where the provider accepts some transactions and not others
+    ids = [REF, OTHER, "gone", "busy", "silent", REF]
+    seen, handle = recorder(207, json={
+        "message": "Some of the transactions could be marked for erasure others couldn't.",
+        "transactions": [
+            {"transaction_id": REF, "marking_event": ACCEPTED},
+            {"transaction_id": OTHER, "error": "Transaction already marked for erasure"},
+            {"transaction_id": "gone",
+             "marking_event": "Transaction Erase Request - Transaction Not Found"},
+            {"transaction_id": "busy",
+             "marking_event": "Transaction Erase Request - Transaction currently active"},
+            "garbage",
+        ],
+    })
+    # When they are marked in one call
+    results = mark_for_erasure(adapter(handle), ids, grace_period=25)
+    # Then one call carried each distinct id once, and each id has its own result
+    (sent,) = seen
+    assert json.loads(sent.content) == {
+        "grace_period": 25, "transaction_ids": [REF, OTHER, "gone", "busy", "silent"]}
+    assert list(results) == [REF, OTHER, "gone", "busy", "silent"]
+    assert results[REF] == ProviderAnswer(Outcome.DELETED, 207, MARKED)
+    assert results[OTHER] == ProviderAnswer(Outcome.DELETED, 207, MARKED)
+    assert isinstance(results["gone"], errors.NotFound)
+    assert isinstance(results["busy"], errors.ProviderRejected)
+    assert results["busy"].code == "transaction_active"
+    assert isinstance(results["silent"], errors.TransientError)
+
+
+def test_simulator_shaped_results_are_read_too() -> None:
+    results = parse_erasure_results({"results": [
+        {"transaction_id": REF, "marking_event": ACCEPTED},
+        {"transaction_id": OTHER, "error": "Transaction not found"},
+    ]}, [REF, OTHER], 200)
+    assert results[REF] == ProviderAnswer(Outcome.DELETED, 200, MARKED)
+    assert isinstance(results[OTHER], errors.NotFound)
+
+
+@pytest.mark.parametrize(("ids", "grace"), [([], 0), ([f"t{i}" for i in range(501)], 0),
+                                              ([REF], -1)])
+def test_mark_for_erasure_refuses_bad_batches_without_a_call(ids: list[str], grace: int
+                                                             ) -> None:
+    seen, handle = recorder()
+    with pytest.raises(ValueError, match=r"grace_period|1 to 500"):
+        mark_for_erasure(adapter(handle), ids, grace)
+    assert seen == []
+
+
+# -- configuration -----------------------------------------------------------------------
+@pytest.mark.parametrize(("action", "token", "tenant", "setting"), [
+    ("cancel", "", "acme", "IDVCANCEL_ONESPAN_TOKEN"),
+    ("delete", "", "acme", "IDVCANCEL_ONESPAN_TOKEN"),
+    ("delete", "jwt", "", "IDVCANCEL_ONESPAN_TENANT"),
+])
+def test_missing_configuration_is_unauthorized_without_a_call(
+    action: ActionName, token: str, tenant: str, setting: str
+) -> None:
+    seen, handle = recorder()
+    with pytest.raises(errors.Unauthorized, match=setting) as info:
+        adapter(handle, token=token, tenant=tenant).execute(
+            request(action=action), RULES.actions[action])
+    assert info.value.code == "missing_credentials"
+    assert seen == []
+
+
+def test_cancel_needs_no_tenant() -> None:
+    seen, handle = recorder(200, json={"status": "cancelled"})
+    assert adapter(handle, tenant="").execute(request(), CANCEL).outcome is Outcome.CANCELLED
+    assert len(seen) == 1
+
+
+# -- recovery read -----------------------------------------------------------------------
+def test_read_status_gets_the_transaction() -> None:
+    seen, handle = recorder(200, json={"id": REF, "status": MARKED})
+    assert adapter(handle).read_status(request(action="delete")) == MARKED
+    (sent,) = seen
+    assert sent.method == "GET"
+    assert str(sent.url) == f"http://onespan.test/prefix/api/transaction/{REF}"
+    assert sent.headers["authorization"] == "Bearer jwt"
+
+
+def test_read_status_of_an_erased_transaction_is_not_found() -> None:
+    _, handle = recorder(404, json={"message": "not found"})
+    with pytest.raises(errors.NotFound):
+        adapter(handle).read_status(request(action="delete"))
