@@ -110,8 +110,13 @@ class Pipeline:
             log.info("deferred", phase=state.phase, countdown=round(countdown, 3))
             return RetryLater(countdown)
         assert message.request is not None  # same fingerprint as a valid claim
-        rule = check(message.request, self.adapters(message.request.provider,
-                                                     self.settings).rules)
+        try:  # rules may have tightened since the first delivery (a deploy)
+            adapter = self.adapters(message.request.provider, self.settings)
+            rule = check(message.request, adapter.rules)
+            adapter.validate(message.request)
+        except RuleViolation as exc:
+            return self._final(message, state.version, state.attempts,
+                               PermanentError(exc.message, code=exc.code), [], log)
         recovering = state.phase == CALLING or state.recover
         extra = [records.draft(records.RECOVERY, message, previous_owner=state.owner)] if (
             state.phase == CALLING) else []
@@ -190,6 +195,9 @@ class Pipeline:
             return self._transient(message, version, attempt, exc, started, log, created)
         except PermanentError as exc:
             answer = exc
+        except RuleViolation as exc:  # refused by the adapter before any call
+            return self._final(message, version, attempts,
+                               PermanentError(exc.message, code=exc.code), [], log)
         except Exception as exc:  # a bug in an adapter must not lose the request
             log.exception("adapter_error")
             wrapped = TransientError(f"internal error: {type(exc).__name__}", code="internal_error")

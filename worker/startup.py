@@ -19,10 +19,13 @@ def configuration_warnings() -> list[str]:
     settings = get_settings()
     warnings: list[str] = []
     for provider in supported_providers():
-        module = importlib.import_module(adapter_class(provider).__module__)
-        check = getattr(module, "startup_warnings", None)
-        if check is not None:
-            warnings.extend(check(settings))
+        try:
+            module = importlib.import_module(adapter_class(provider).__module__)
+            check = getattr(module, "startup_warnings", None)
+            if check is not None:
+                warnings.extend(check(settings))
+        except Exception as exc:  # noqa: BLE001 - one broken provider must not hide the rest
+            warnings.append(f"{provider}: adapter failed to load ({type(exc).__name__})")
     return warnings
 
 
