@@ -57,4 +57,14 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_consumer": "worker.consumer:RecordingConsumer",
         "worker_send_task_events": False,
         "enable_utc": True,
+        # The abandoned-application sweep (``celery -A worker.app beat``). Several beat
+        # instances are safe: sweeps claim sessions atomically. ``expires``: a tick that
+        # waited a whole interval (workers down) is dropped; the next one does its work.
+        "beat_schedule": {
+            "idvcancel-sweep": {
+                "task": "idvcancel.sweep",
+                "schedule": settings.sweep_interval_seconds,
+                "options": {"queue": QUEUE, "expires": settings.sweep_interval_seconds},
+            },
+        },
     }

@@ -10,7 +10,7 @@ from worker.logs import configure
 from worker.security import configure_signing
 
 configure()
-app = Celery("idvcancel", include=["tasks.process"])
+app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep"])
 app.conf.update(celery_config(get_settings()))
 configure_signing(app, get_settings())
 

@@ -1,7 +1,9 @@
 """``idvcancel``: the operator's command line. Every command has ``--help``.
 
 Exit codes a script can rely on: 0 success, 1 the check failed (a broken audit chain,
-a request not found), 2 bad usage or bad input.
+a request not found, Redis unreachable), 2 bad usage or bad input. Errors go to stderr
+as one line starting ``idvcancel: error:``. The logic lives in ``worker.producer``,
+``worker.results`` and ``worker.deadletters``; this module only parses and prints.
 """
 
 from __future__ import annotations
@@ -9,23 +11,119 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+import time
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from worker.contract import json_schemas
+from worker.contract import PROVIDERS, Outcome, json_schemas
+
+if TYPE_CHECKING:
+    import redis
+
+    from worker.producer import Producer
 
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 
 
+def fail(message: str, code: int = EXIT_CHECK_FAILED) -> NoReturn:
+    """Print one line on stderr and exit with ``code``."""
+    click.echo(f"idvcancel: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _connection_error(exc: Exception) -> bool:
+    import kombu.exceptions
+    import redis
+
+    return isinstance(exc, redis.ConnectionError | redis.TimeoutError
+                      | kombu.exceptions.OperationalError)
+
+
+class Cli(click.Group):
+    """A group whose errors are one line on stderr (click's usage errors included)."""
+
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None,
+             complete_var: str | None = None, standalone_mode: bool = True,
+             **extra: Any) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else 0
+        except click.ClickException as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare ``idvcancel``: the help
+                exc.show()
+                code = EXIT_USAGE
+            else:
+                hint = ""
+                ctx = getattr(exc, "ctx", None)
+                if isinstance(exc, click.UsageError) and ctx is not None:
+                    hint = f" (see '{ctx.command_path} --help')"
+                click.echo(f"idvcancel: error: {exc.format_message()}{hint}", err=True)
+                code = exc.exit_code
+        except click.Abort:
+            click.echo("idvcancel: error: aborted", err=True)
+            code = EXIT_CHECK_FAILED
+        except KeyboardInterrupt:
+            code = 130  # the shell's convention for Ctrl-C
+        except Exception as exc:
+            if not _connection_error(exc):
+                raise
+            click.echo(f"idvcancel: error: cannot reach Redis at {_safe_url(_redis_url())}: "
+                       f"{exc}", err=True)
+            code = EXIT_CHECK_FAILED
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without its password, for messages.
+
+    Examples:
+        >>> _safe_url("redis://:s3cret@cache:6379/0")
+        'redis://:***@cache:6379/0'
+    """
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
 def _redis_url() -> str:
+    from pydantic import ValidationError
+
     from config.settings import get_settings
 
-    return get_settings().redis_url
+    try:
+        return get_settings().redis_url
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"bad configuration: {first['msg']}", EXIT_USAGE)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _client() -> redis.Redis:
+    from worker.services import redis_client
+
+    return redis_client(_redis_url())
+
+
+def _producer() -> Producer:
+    from worker.producer import Producer
+
+    return Producer(_redis_url())
+
+
+def echo_json(value: Any) -> None:
+    """One JSON document on one line (stdout is flushed, so a pipe sees it at once)."""
+    click.echo(json.dumps(value, sort_keys=True, default=str))
+
+
+@click.group(cls=Cli, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """idv-cancel: cancel and delete identity-verification sessions at the providers."""
 
@@ -52,6 +150,231 @@ def worker(concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> Non
     os.execv(sys.executable, argv)  # noqa: S606 - replace this process with the worker
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("-l", "--loglevel", default="INFO", show_default=True)
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat (the periodic tasks, such as the sweep): ``celery -A worker.app beat``.
+
+    Run exactly one beat for the whole deployment. Extra arguments are passed on to
+    ``celery beat`` (for example ``-s /var/lib/idvcancel/celerybeat-schedule``).
+    """
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "-l", loglevel,
+            *celery_args]
+    os.execv(sys.executable, argv)  # noqa: S606 - replace this process with beat
+
+
+# -- submit -------------------------------------------------------------------------------
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"expected key=value, got {text!r}", param_hint="'--option'")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
+def _request_from_flags(flags: dict[str, Any], options: tuple[str, ...]) -> dict[str, Any]:
+    request = {name: value for name, value in flags.items() if value is not None}
+    if options:
+        request["options"] = dict(_parse_option(o) for o in options)
+    return request
+
+
+def _submit_file(producer: Producer, file: IO[str]) -> None:
+    from worker.producer import InvalidRequest, load_jsonl
+
+    try:
+        requests = load_jsonl(file)
+    except InvalidRequest as exc:
+        fail(f"{file.name}: line {exc.index}: {exc.reason}; nothing was sent", EXIT_USAGE)
+    with click.progressbar(length=len(requests), label="submitting", file=sys.stderr,
+                           show_pos=True) as bar:
+        producer.submit_many(requests, on_sent=bar.update)
+    click.echo(f"submitted {len(requests)} request{'' if len(requests) == 1 else 's'}")
+
+
+@main.command()
+@click.option("--request-id", help="The idempotency key: carried out once.")
+@click.option("--provider", type=click.Choice(PROVIDERS))
+@click.option("--action", type=click.Choice(["cancel", "delete"]))
+@click.option("--reference", help="The provider's id of the session or transaction.")
+@click.option("--reason", help="Why (required by gu1). No personal data: it is audited.")
+@click.option("--source", type=click.Choice(["api", "sweep", "supersede", "manual"]),
+              help="Default: api.")
+@click.option("--requested-by", help="The service or person asking.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A provider option (repeatable); the value is read as JSON when it is "
+                   "JSON, e.g. --option product=scan --option grace_period=7.")
+@click.option("--file", "file", type=click.File("r"), metavar="FILE.jsonl",
+              help="Submit every request of a JSON Lines file ('-' = stdin) instead. "
+                   "All lines are checked first: one bad line and nothing is sent.")
+def submit(file: IO[str] | None, options: tuple[str, ...], **flags: Any) -> None:
+    """Validate and enqueue one request (flags) or many (--file).
+
+    \b
+    Examples:
+      idvcancel submit --request-id r-1 --provider idpass --action cancel \\
+          --reference fe4291ca-d831-4760-96df-c9cb03b3cd95 --requested-by ops
+      idvcancel submit --file requests.jsonl
+    """
+    from worker.producer import InvalidRequest
+
+    if file is not None and (options or any(v is not None for v in flags.values())):
+        raise click.UsageError("give either --file or the request's flags, not both")
+    producer = _producer()
+    try:
+        if file is not None:
+            _submit_file(producer, file)
+            return
+        try:
+            request_id = producer.submit(_request_from_flags(flags, options))
+        except InvalidRequest as exc:
+            fail(f"invalid request: {exc.reason}; nothing was sent", EXIT_USAGE)
+        click.echo(request_id)
+    finally:
+        producer.close()
+
+
+# -- results and status -------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--follow/--no-follow", default=False, show_default=True,
+              help="Keep waiting for new events (Ctrl-C to stop).")
+@click.option("--new-only", is_flag=True,
+              help="Skip the events already in the stream (with --follow).")
+@click.option("--request-id", help="Only this request's events.")
+@click.option("--provider", type=click.Choice(PROVIDERS), help="Only this provider's events.")
+@click.option("--outcome", type=click.Choice([o.value for o in Outcome]),
+              help="Only events with this outcome.")
+def results(follow: bool, new_only: bool, request_id: str | None, provider: str | None,
+            outcome: str | None) -> None:
+    """Print result events, one JSON object per line, oldest first."""
+    from worker.results import follow as follow_events
+
+    if new_only and not follow:
+        raise click.UsageError("--new-only only makes sense with --follow")
+    events = follow_events(_client(), request_id=request_id, provider=provider,
+                           outcome=outcome, from_start=not new_only,
+                           block_ms=5000 if follow else None)
+    try:
+        for event in events:
+            echo_json(event)
+    except KeyboardInterrupt:
+        return
+
+
+@main.command()
+@click.argument("request_id")
+def status(request_id: str) -> None:
+    """Show one request: its ledger (phase, attempts, outcome, replays), result event(s),
+    dead letter and audit trail. Exit 1 when nothing is known about it.
+
+    Reads the audit and result streams from the start: fine for a person, not a script
+    that asks about every request.
+    """
+    from worker.results import status as request_status
+
+    found = request_status(_client(), request_id)
+    if not found["found"]:
+        fail(f"unknown request id {request_id!r}: no ledger, audit record, result or dead "
+             "letter")
+    click.echo(json.dumps(found, indent=2, sort_keys=True, default=str))
+
+
+# -- dead letters -------------------------------------------------------------------------
+
+
+@main.group()
+def dlq() -> None:
+    """Dead letters: requests that ended failed or unauthorized, and unreadable messages."""
+
+
+@dlq.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+def dlq_list(limit: int) -> None:
+    """Print dead letters, oldest first, one JSON object per line."""
+    from worker.deadletters import list_entries
+
+    for entry in list_entries(_client(), limit):
+        echo_json(entry)
+
+
+@dlq.command("replay")
+@click.argument("request_id", required=False)
+@click.option("--all", "replay_every", is_flag=True, help="Replay every replayable entry.")
+def dlq_replay(request_id: str | None, replay_every: bool) -> None:
+    """Send dead-lettered requests again, once their cause is fixed.
+
+    The ledger is reset (phase waiting, attempts 0, replays + 1), a 'replayed' audit record
+    is written, the request is enqueued and the entry removed. The request then gets a
+    NEW result event. Unreadable messages (ids task:<id>) cannot be replayed.
+    """
+    from worker.deadletters import DeadLetterError, replay, replay_all
+
+    if replay_every == (request_id is not None):
+        raise click.UsageError("give one REQUEST_ID or --all")
+    client, producer = _client(), _producer()
+    try:
+        if replay_every:
+            for result in replay_all(client, producer):
+                echo_json(result.as_dict())
+            return
+        assert request_id is not None
+        try:
+            echo_json(replay(client, producer, request_id).as_dict())
+        except DeadLetterError as exc:
+            fail(str(exc), exc.exit_code)
+    finally:
+        producer.close()
+
+
+# -- sweep --------------------------------------------------------------------------------
+
+
+def _jsonable(value: Any) -> Any:
+    import dataclasses
+
+    if callable(getattr(value, "to_dict", None)):
+        return value.to_dict()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "_asdict"):
+        return value._asdict()
+    return value
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Print what the sweep would send; send nothing.")
+def sweep(dry_run: bool) -> None:
+    """Show what the periodic sweep would enqueue now (one JSON object per line).
+
+    The sweep itself runs as a periodic task under 'idvcancel beat'.
+    """
+    if not dry_run:
+        raise click.UsageError("the sweep runs under 'idvcancel beat'; use --dry-run to see "
+                               "what it would send now")
+    try:
+        from worker.sweep import plan_sweep  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        fail("this version has no sweep (worker.sweep is missing)")
+    from config.settings import get_settings
+
+    plan = plan_sweep(_client(), get_settings(), time.time())
+    items = plan if isinstance(plan, list | tuple) else [plan]
+    for item in items:
+        echo_json(_jsonable(item))
+
+
+# -- audit, demo, simulator ---------------------------------------------------------------
+
+
 @main.group()
 def audit() -> None:
     """The hash-chained audit trail."""
@@ -61,13 +384,10 @@ def audit() -> None:
 def audit_verify() -> None:
     """Walk the audit chain; name the first broken record and exit 1 if there is one."""
     from worker.audit_store import verify_stream
-    from worker.services import redis_client
 
-    count, broken = verify_stream(redis_client(_redis_url()))
+    count, broken = verify_stream(_client())
     if broken is not None:
-        click.echo(f"audit chain BROKEN after {count} good records: {broken.describe()}",
-                   err=True)
-        sys.exit(EXIT_CHECK_FAILED)
+        fail(f"audit chain BROKEN after {count} good records: {broken.describe()}")
     click.echo(f"audit chain OK: {count} records")
 
 
@@ -99,7 +419,3 @@ def simulate(host: str, port: int, autocreate: bool) -> None:
     if autocreate:
         args.append("--autocreate")
     sim_main(args)
-
-
-def echo_json(value: Any) -> None:
-    click.echo(json.dumps(value, sort_keys=True))

@@ -1,10 +1,11 @@
-"""The journal: applies one step of a request atomically (ledger, audit chain, result
-event, dead letter) through ``lua/transition.lua``.
+"""The journal: applies steps atomically (ledger, audit chain, result event, dead
+letter) through ``lua/transition.lua``.
 
-The audit chain's hashes are computed here, in Python, and compared-and-set in Redis:
-if another worker appended first, the script answers with the new head and we seal
-again on top of it. Threads of one process take turns (a lock), so only other
-processes can race us; a race costs one more round trip, never a fork in the chain.
+The audit chain's hashes are computed here, in Python, and compared-and-set in Redis.
+Threads of one process do not each pay a round trip: whichever thread finds the
+journal free takes every step waiting at that moment and sends them in one script
+call (group commit), sealing their audit records one after the other. If another
+process appended first, the script answers with the new head and we seal again.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -23,6 +24,9 @@ from worker import audit, keys
 from worker.contract import canonical_json
 
 _LUA = resources.files("worker").joinpath("lua/transition.lua").read_text()
+#: Most steps sent in one script call (bounds how long Redis is busy with one call).
+MAX_BATCH = 256
+_FIXED_KEYS = [keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX]
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,21 @@ class Moved:
 class DeadLetter:
     entry_id: str
     entry: Mapping[str, Any]
+
+
+@dataclass
+class _Step:
+    ledger_key: str
+    expected_version: int
+    fixed: list[str]  # ledger JSON, event, dead letter, dead-letter id, TTL
+    records: Sequence[Mapping[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Moved | None = None
+    error: BaseException | None = None
+
+    def finish(self, result: Moved | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
 
 
 class Journal:
@@ -52,7 +71,9 @@ class Journal:
     ) -> None:
         self.client = client
         self._script = client.register_script(_LUA)
-        self._lock = threading.Lock()
+        self._flush = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Step] = []
         self._head = ""
         self.ledger_ttl = ledger_ttl
         self.results_maxlen = results_maxlen
@@ -70,34 +91,60 @@ class Journal:
     ) -> Moved | None:
         """Apply one step; None when applied, ``Moved`` when the ledger moved first."""
         ttl = self.ledger_ttl if ledger_ttl is None else ledger_ttl
-        fixed = [
+        step = _Step(ledger_key, expected_version, [
             json.dumps(ledger) if ledger is not None else "",
             canonical_json(event) if event is not None else "",
             canonical_json(dead_letter.entry) if dead_letter else "",
             dead_letter.entry_id if dead_letter else "",
-            str(int(time.time() * 1000)),
             str(ttl),
-            str(self.results_maxlen),
-        ]
-        key_list = [
-            ledger_key, keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX
-        ]
-        with self._lock:
-            while True:
-                sealed, new_head = audit.seal_all(records, self._head)
-                args = [
-                    str(expected_version),
-                    self._head,
-                    new_head,
-                    *fixed,
-                    *(canonical_json(r) for r in sealed),
-                ]
-                reply = self._script(keys=key_list, args=args)
-                if reply[0] == 1:
-                    if records:
-                        self._head = new_head
-                    return None
-                version, head = int(reply[1]), str(reply[2])
+        ], records)
+        with self._queue_lock:
+            self._queue.append(step)
+        while not step.done.is_set():
+            if self._flush.acquire(blocking=False):
+                try:
+                    self._drain()
+                finally:
+                    self._flush.release()
+            step.done.wait(0.002)
+        if step.error is not None:
+            raise step.error
+        return step.result
+
+    def _drain(self) -> None:
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            if not batch:
+                return
+            try:
+                self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting thread
+                for step in batch:
+                    if not step.done.is_set():
+                        step.finish(error=exc)
+
+    def _commit(self, batch: list[_Step]) -> None:
+        while batch:
+            args = [self._head, str(self.results_maxlen), str(int(time.time() * 1000)),
+                    str(len(batch))]
+            head = self._head
+            for step in batch:
+                sealed, head = audit.seal_all(step.records, head)
+                args += [str(step.expected_version), *step.fixed[:4], step.fixed[4],
+                         str(len(sealed)), head, *(canonical_json(r) for r in sealed)]
+            reply = self._script(keys=[*_FIXED_KEYS, *(s.ledger_key for s in batch)],
+                                 args=args)
+            if reply[0] == 1:
                 self._head = head
-                if version != expected_version:
-                    return Moved(version)
+                for step in batch:
+                    step.finish()
+                return
+            if reply[0] == 0:  # another process appended first: seal again on its head
+                self._head = str(reply[1])
+                continue
+            moved_at, version, self._head = int(reply[1]) - 1, int(reply[2]), str(reply[3])
+            for step in batch[:moved_at]:
+                step.finish()
+            batch[moved_at].finish(Moved(version))
+            batch = batch[moved_at + 1:]

@@ -9,6 +9,13 @@
 | ``idvcancel:msg:<task_id>`` | hash | the ledger of a message whose request id could not be read |
 | ``idvcancel:dlq`` | hash id → JSON | dead letters: everything needed to replay a request |
 | ``idvcancel:dlq:index`` | sorted set, score = ms | dead letters in the order they arrived |
+| ``idvcancel:track:active:<p>`` | sorted set, score = last activity (s) | actionable sessions |
+| ``idvcancel:track:claimed:<p>`` | sorted set, score = claim time (s) | cancels being enqueued |
+| ``idvcancel:track:session:<p>:<ref>`` | hash | one tracked session and its state |
+| ``idvcancel:track:apps:<p>`` | hash application id → ref | in-flight session per application |
+
+``<p>`` is a provider. The ``track:*`` keys belong to ``worker.tracking`` and ``worker.sweep``
+(see ``lua/track.lua`` and ``lua/sweep.lua``).
 """
 
 from __future__ import annotations
@@ -28,3 +35,27 @@ def request_ledger(request_id: str) -> str:
 
 def message_ledger(task_id: str) -> str:
     return f"idvcancel:msg:{task_id}"
+
+
+# -- session tracking, sweep and supersede (worker.tracking, worker.sweep) ---------------
+
+
+def track_active(provider: str) -> str:
+    return f"idvcancel:track:active:{provider}"
+
+
+def track_claimed(provider: str) -> str:
+    return f"idvcancel:track:claimed:{provider}"
+
+
+def track_session_prefix(provider: str) -> str:
+    """Prefix of the session hashes of ``provider``; the Lua scripts append a reference."""
+    return f"idvcancel:track:session:{provider}:"
+
+
+def track_session(provider: str, reference: str) -> str:
+    return track_session_prefix(provider) + reference
+
+
+def track_apps(provider: str) -> str:
+    return f"idvcancel:track:apps:{provider}"

@@ -56,6 +56,18 @@ class ProviderRules:
     actions: Mapping[ActionName, ActionRule]
     statuses: frozenset[str]
     abandoned_after: timedelta = field(default=timedelta(days=7))
+    #: Statuses in which a session is still in flight (issued, not finished): only these
+    #: are tracked for the abandoned sweep and supersede. Empty = where the provider's
+    #: first action is allowed. Jumio deletes finished scans too, but a finished scan is
+    #: not an abandoned application: deleting it is a retention decision, not a sweep's.
+    in_flight: frozenset[str] = frozenset()
+
+    def is_in_flight(self, status: str) -> bool:
+        """Whether a session in ``status`` is still in flight (sweep and supersede)."""
+        if self.in_flight:
+            return status in self.in_flight
+        first = next(iter(self.actions.values()))
+        return status in first.allowed_from
 
     def is_actionable(self, action: ActionName, status: str) -> bool:
         """Whether ``action`` is possible from ``status``."""

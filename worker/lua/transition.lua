@@ -1,70 +1,74 @@
---[[ transition.lua — one atomic step of one request.
+--[[ transition.lua — a batch of steps, each of one request, applied atomically in order.
 
-All decisions are made in Python; this script only compares and sets, so that the
-ledger, the audit chain, the result event and the dead letter change together or not
-at all, whatever number of workers write at once.
+All decisions are made in Python; this script only compares and sets, so that a
+request's ledger, its audit records, its result event and its dead letter change
+together or not at all, whatever number of workers write at once. The worker process
+sends every step its threads have ready in one call (group commit).
 
-KEYS[1]  ledger hash      idvcancel:req:<request_id> (or idvcancel:msg:<task_id>)
-KEYS[2]  audit stream     idvcancel:audit      (field "record")
-KEYS[3]  audit head       idvcancel:audit:head ("<seq>:<hash>", absent = empty chain)
-KEYS[4]  results stream   idvcancel:results    (field "event")
-KEYS[5]  dead letters     idvcancel:dlq        (hash id -> entry)
-KEYS[6]  dead-letter index idvcancel:dlq:index (zset, score = ms)
+KEYS[1]  audit stream      idvcancel:audit      (field "record")
+KEYS[2]  audit head        idvcancel:audit:head ("<seq>:<hash>", absent = empty chain)
+KEYS[3]  results stream    idvcancel:results    (field "event")
+KEYS[4]  dead letters      idvcancel:dlq        (hash id -> entry)
+KEYS[5]  dead-letter index idvcancel:dlq:index  (zset, score = ms)
+KEYS[5+i] the ledger hash of item i (idvcancel:req:<id> or idvcancel:msg:<task id>)
 
-ARGV[1]  expected ledger version ("0" = no ledger yet)
-ARGV[2]  expected audit head     ("" = empty chain)
-ARGV[3]  new audit head          (ignored when no records)
-ARGV[4]  ledger fields, JSON object of strings ("" = leave the ledger alone)
-ARGV[5]  result event JSON ("" = none)
-ARGV[6]  dead-letter entry JSON ("" = none)
-ARGV[7]  dead-letter id
-ARGV[8]  dead-letter score (ms)
-ARGV[9]  ledger TTL in seconds ("0" = keep)
-ARGV[10] results stream approximate max length ("0" = unbounded)
-ARGV[11..] audit records, already hashed, in chain order
+ARGV[1]  expected audit head before the first item ("" = empty chain)
+ARGV[2]  results stream approximate max length ("0" = unbounded)
+ARGV[3]  now in ms (dead-letter score)
+ARGV[4]  number of items
+then per item, 8 fixed values and its records:
+  expected ledger version ("0" = none yet), ledger fields as a JSON object of strings
+  ("" = leave the ledger), result event JSON (""), dead-letter entry JSON (""),
+  dead-letter id, ledger TTL seconds ("0" = keep), number of records n,
+  the audit head after this item, then n audit records (sealed, in chain order)
 
-Returns {1} when applied, else {0, current version, current head}: the caller re-plans
-(version moved) or re-hashes its records on the current head (head moved).
+Returns {1} when every item applied; {0, head} when the head had moved (nothing
+applied: re-seal on it); {2, i, version, head} when item i's ledger had moved: items
+before i applied, i and after did not.
 ]]
-local version = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
-local head = redis.call('GET', KEYS[3]) or ''
-local has_records = #ARGV > 10
-if version ~= tonumber(ARGV[1]) or (has_records and head ~= ARGV[2]) then
-  return {0, version, head}
+local head = redis.call('GET', KEYS[2]) or ''
+if head ~= ARGV[1] then
+  return {0, head}
 end
-
-if ARGV[4] ~= '' then
-  local fields = cjson.decode(ARGV[4])
-  local flat = {'v', tostring(version + 1)}
-  for k, val in pairs(fields) do
-    flat[#flat + 1] = k
-    flat[#flat + 1] = val
+local maxlen = tonumber(ARGV[2])
+local a = 5
+for i = 1, tonumber(ARGV[4]) do
+  local ledger_key = KEYS[5 + i]
+  local version = tonumber(redis.call('HGET', ledger_key, 'v') or '0')
+  if version ~= tonumber(ARGV[a]) then
+    return {2, i, version, head}
   end
-  redis.call('HSET', KEYS[1], unpack(flat))
-  local ttl = tonumber(ARGV[9])
-  if ttl > 0 then
-    redis.call('EXPIRE', KEYS[1], ttl)
+  if ARGV[a + 1] ~= '' then
+    local flat = {'v', tostring(version + 1)}
+    for k, val in pairs(cjson.decode(ARGV[a + 1])) do
+      flat[#flat + 1] = k
+      flat[#flat + 1] = val
+    end
+    redis.call('HSET', ledger_key, unpack(flat))
+    local ttl = tonumber(ARGV[a + 5])
+    if ttl > 0 then
+      redis.call('EXPIRE', ledger_key, ttl)
+    end
   end
-end
-
-for i = 11, #ARGV do
-  redis.call('XADD', KEYS[2], '*', 'record', ARGV[i])
-end
-if has_records then
-  redis.call('SET', KEYS[3], ARGV[3])
-end
-
-if ARGV[5] ~= '' then
-  local maxlen = tonumber(ARGV[10])
-  if maxlen > 0 then
-    redis.call('XADD', KEYS[4], 'MAXLEN', '~', maxlen, '*', 'event', ARGV[5])
-  else
-    redis.call('XADD', KEYS[4], '*', 'event', ARGV[5])
+  local n = tonumber(ARGV[a + 6])
+  for r = 1, n do
+    redis.call('XADD', KEYS[1], '*', 'record', ARGV[a + 7 + r])
   end
-end
-
-if ARGV[6] ~= '' then
-  redis.call('HSET', KEYS[5], ARGV[7], ARGV[6])
-  redis.call('ZADD', KEYS[6], ARGV[8], ARGV[7])
+  if n > 0 then
+    head = ARGV[a + 7]
+    redis.call('SET', KEYS[2], head)
+  end
+  if ARGV[a + 2] ~= '' then
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[3], 'MAXLEN', '~', maxlen, '*', 'event', ARGV[a + 2])
+    else
+      redis.call('XADD', KEYS[3], '*', 'event', ARGV[a + 2])
+    end
+  end
+  if ARGV[a + 3] ~= '' then
+    redis.call('HSET', KEYS[4], ARGV[a + 4], ARGV[a + 3])
+    redis.call('ZADD', KEYS[5], ARGV[3], ARGV[a + 4])
+  end
+  a = a + 8 + n
 end
 return {1}

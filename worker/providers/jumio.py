@@ -65,6 +65,9 @@ RULES = ProviderRules(
         ),
     },
     statuses=STATUSES,
+    # Only a scan still PENDING is an application in flight: the sweep and supersede
+    # delete those; finished scans are deleted only on request.
+    in_flight=frozenset({"PENDING"}),
 )
 
 Product = Literal["scan", "authentication", "document"]
