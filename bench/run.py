@@ -32,6 +32,7 @@ from worker.producer import Producer  # noqa: E402
 
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
+POOL = os.environ.get("BENCH_POOL", "threads")
 
 
 class Simulator:
@@ -72,7 +73,7 @@ def env_for(url: str, sim: Simulator | None) -> dict[str, str]:
 
 
 def start_workers(env: dict[str, str], app: str = "worker.app") -> list[WorkerProcess]:
-    procs = [WorkerProcess(env, concurrency=CONCURRENCY, app=app, loglevel="INFO",
+    procs = [WorkerProcess(env, concurrency=CONCURRENCY, app=app, loglevel="INFO", pool=POOL,
                            name=f"bench{i}-{uuid.uuid4().hex[:4]}@%h",
                            log_path=Path(f"/tmp/idvcancel-bench-{i}.log"))
              for i in range(WORKERS)]
