@@ -252,7 +252,7 @@ class Pipeline:
             "http_status": str(http_status or ""), "provider_status": "",
         }, records=[*drafts, records.draft(
             records.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
-            error=reason)])
+            error=reason)], ledger_ttl=0)  # in flight: only finished ledgers expire
         if moved is not None:
             return self._settle_after_race(message, moved, log)
         return RetryLater(min(delay, self.settings.retry_cap_seconds))
