@@ -92,28 +92,51 @@ def test_submit_sends_a_protocol_2_message_to_queue_idvcancel(
 def test_submit_many_sends_in_batches_and_reports_progress(
         producer: Producer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given kombu's batch publishing is watched
-    import kombu
+    # Given the producer's Redis pipelines are watched
+    executed: list[int] = []
+    make_pipeline = producer.redis.pipeline
 
-    if not hasattr(kombu.Producer, "batch"):
-        pytest.skip("this kombu has no Producer.batch: each message is its own round trip")
-    batches: list[int] = []
-    original = kombu.Producer.batch
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        pipe = make_pipeline(*args, **kwargs)
+        execute = pipe.execute
 
-    def watched(self: kombu.Producer, max_size: int = 1000) -> Any:
-        batches.append(max_size)
-        return original(self, max_size)
+        def counted() -> Any:
+            executed.append(len(pipe.command_stack))
+            return execute()
+        pipe.execute = counted  # type: ignore[method-assign]
+        return pipe
 
-    monkeypatch.setattr(kombu.Producer, "batch", watched)
+    monkeypatch.setattr(producer.redis, "pipeline", watched)
     sent: list[int] = []
     # When 25 requests are submitted 10 at a time
     ids = producer.submit_many([request(n) for n in range(25)], batch_size=10,
                                on_sent=sent.append)
-    # Then three pipelined batches went out, in order, and progress followed them
-    assert batches == [10, 10, 10] and sent == [10, 10, 5]
+    # Then three pipelined round trips went out, in order, and progress followed them
+    assert executed == [10, 10, 5] and sent == [10, 10, 5]
     assert ids == [f"r-{n}" for n in range(25)]
     bodies = [json.loads(base64.b64decode(m["body"])) for m in queued(redis_client)]
     assert [b[0][0]["request_id"] for b in bodies] == ids
+
+
+def test_bulk_entries_match_what_celery_itself_sends(producer: Producer,
+                                                     redis_client: redis.Redis) -> None:
+    # Given one request sent by Celery's send_task and one by the bulk path
+    producer.submit(request(1))
+    producer.submit_many([request(2)])
+    celery_entry, bulk_entry = queued(redis_client)
+    # Then they differ only in ids and origin: same body shape, headers and routing
+    for entry in (celery_entry, bulk_entry):
+        entry["headers"].pop("origin")
+        for key in ("id", "root_id"):
+            entry["headers"].pop(key)
+        for key in ("correlation_id", "delivery_tag", "reply_to"):
+            entry["properties"].pop(key)
+    assert celery_entry["headers"] == bulk_entry["headers"]
+    assert celery_entry["properties"] == bulk_entry["properties"]
+    celery_body = json.loads(base64.b64decode(celery_entry["body"]))
+    bulk_body = json.loads(base64.b64decode(bulk_entry["body"]))
+    assert celery_body[1:] == bulk_body[1:]
+    assert celery_body[0][0]["request_id"] == "r-1" and bulk_body[0][0]["request_id"] == "r-2"
 
 
 def test_validate_accepts_a_request_object_as_is() -> None:

@@ -1,0 +1,53 @@
+"""Celery task protocol 2, as kombu's Redis transport lays a message in the queue list.
+
+Celery's own ``send_task`` costs about half a millisecond of CPU per message (routing,
+copies of the exchange and queue declarations, a repr of the arguments). For bulk
+submission we build the same JSON here and ``LPUSH`` it in pipelined chunks: identical
+to what a worker receives from ``send_task`` (tests compare the two), at a fraction of
+the cost. Signed messages (``worker.security``) always go through Celery.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import uuid
+from typing import Any
+
+from worker.contract import QUEUE, TASK_NAME
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_ORIGIN = f"{os.getpid()}@{socket.gethostname()}"
+
+
+def encode(request: dict[str, Any], task_id: str | None = None) -> str:
+    """The queue entry for one ``idvcancel.process`` call with ``request`` as its argument.
+
+    Examples:
+        >>> entry = json.loads(encode({"request_id": "r-1"}, "t-1"))
+        >>> entry["headers"]["task"], entry["properties"]["delivery_info"]["routing_key"]
+        ('idvcancel.process', 'idvcancel')
+    """
+    task_id = task_id or str(uuid.uuid4())
+    body = json.dumps([[request], {}, _EMBED]).encode()
+    return json.dumps({
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": {
+            "lang": "py", "task": TASK_NAME, "id": task_id, "shadow": None, "eta": None,
+            "expires": None, "group": None, "group_index": None, "retries": 0,
+            "timelimit": [None, None], "root_id": task_id, "parent_id": None,
+            "argsrepr": "(request,)", "kwargsrepr": "{}", "origin": _ORIGIN,
+            "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None,
+            "stamps": {},
+        },
+        "properties": {
+            "correlation_id": task_id, "reply_to": "", "delivery_mode": 2,
+            "argsrepr": "(request,)", "kwargsrepr": "{}",
+            "delivery_info": {"exchange": "", "routing_key": QUEUE}, "priority": 0,
+            "body_encoding": "base64", "delivery_tag": str(uuid.uuid4()),
+        },
+    })
