@@ -33,6 +33,8 @@ from worker.producer import Producer  # noqa: E402
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 POOL = os.environ.get("BENCH_POOL", "threads")
+LOGS = ROOT / "var" / "bench"
+LOGS.mkdir(parents=True, exist_ok=True)
 
 
 class Simulator:
@@ -60,7 +62,8 @@ def rss_mb(pid: int) -> float:
 
 
 def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True,
+                         check=False).stdout
     return [int(p) for p in out.split()]
 
 
@@ -75,7 +78,7 @@ def env_for(url: str, sim: Simulator | None) -> dict[str, str]:
 def start_workers(env: dict[str, str], app: str = "worker.app") -> list[WorkerProcess]:
     procs = [WorkerProcess(env, concurrency=CONCURRENCY, app=app, loglevel="INFO", pool=POOL,
                            name=f"bench{i}-{uuid.uuid4().hex[:4]}@%h",
-                           log_path=Path(f"/tmp/idvcancel-bench-{i}.log"))
+                           log_path=LOGS / f"worker-{i}.log")
              for i in range(WORKERS)]
     for proc in procs:
         proc.start()
@@ -181,14 +184,86 @@ def bench_latency(n: int, rate: float) -> tuple[float, float]:
         sim.stop()
 
 
+def bench_sweep(total: int, due: int) -> tuple[float, float, int]:
+    """Seed ``total`` tracked sessions (``due`` of them idle past the threshold) straight
+    into the tracking keys, then time one sweep: select, claim and enqueue."""
+    from config.settings import Settings
+    from worker import keys
+    from worker.sweep import run_sweep
+
+    with RedisServer() as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        now = time.time()
+        active = keys.track_active("idpass")
+        seeded = time.perf_counter()
+        for start in range(0, total, 20_000):
+            with client.pipeline(transaction=False) as pipe:
+                scores: dict[str, float] = {}
+                for i in range(start, min(start + 20_000, total)):
+                    ref = f"{uuid.UUID(int=i)}"
+                    idle = 8 * 86400 if i < due else 3600
+                    scores[ref] = now - idle
+                    pipe.hset(keys.track_session("idpass", ref), mapping={
+                        "reference": ref, "application_id": f"app-{i}", "status": "opened",
+                        "last_activity": f"{now - idle:.3f}", "options": "{}",
+                        "state": "active", "updated_at": f"{now:.3f}"})
+                pipe.zadd(active, scores)
+                pipe.execute()
+        seed_s = time.perf_counter() - seeded
+        settings = Settings(redis_url=server.url, sweep_batch_size=due)
+        producer = Producer(server.url)
+        start_t = time.perf_counter()
+        report = run_sweep(client, settings, now=now, sender=producer)
+        took = time.perf_counter() - start_t
+        return took, seed_s, len(report.enqueued)
+
+
+def bench_retention(n: int) -> tuple[float, float]:
+    """Redis bytes per completed request before and after retention ran (ledger TTL
+    elapsed, results capped, audit archived)."""
+    sim = Simulator(0)
+    try:
+        with RedisServer() as server:
+            client = redis.Redis.from_url(server.url, decode_responses=True)
+            env = {**env_for(server.url, sim), "IDVCANCEL_LEDGER_TTL_SECONDS": "5",
+                   "IDVCANCEL_RESULTS_MAXLEN": "1000"}
+            Producer(server.url).submit_many(requests(n))
+            procs = start_workers(env)
+            deadline = time.time() + 300
+            while time.time() < deadline and int(client.hlen("idvcancel:dlq")) == 0 and (
+                    sum(1 for _ in client.scan_iter("idvcancel:req:*", count=5000))
+                    < n and client.llen("idvcancel")):
+                time.sleep(0.2)
+            while client.llen("idvcancel") or client.hlen("unacked"):
+                time.sleep(0.2)
+            before = int(client.info("memory")["used_memory"])
+            for proc in procs:
+                proc.stop()
+            time.sleep(6)  # the ledger TTL runs out
+            try:
+                from worker.retention import archive_audit
+                archive_audit(client, LOGS / "archive", 0, time.time())
+            except ImportError:
+                pass
+            after = int(client.info("memory")["used_memory"])
+            return before / n, after / n
+    finally:
+        sim.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", default="", help="comma list: baseline,pipeline,latency100,submit,latency,sweep")
+    parser.add_argument("--only", default="",
+                        help="comma list: baseline,pipeline,latency100,submit,sweep,"
+                             "retention,latency")
     args = parser.parse_args()
     n = 2000 if args.quick else 10000
     only = set(filter(None, args.only.split(",")))
-    want = (lambda name: not only or name in only)
+
+    def want(name: str) -> bool:
+        return not only or name in only
+
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
           f"{platform.python_version()}; workers {WORKERS} x {CONCURRENCY} threads")
     results: dict[str, Any] = {}
@@ -207,6 +282,15 @@ def main() -> None:
     if want("submit"):
         bulk, one = bench_submit(n * 2)
         print(f"(3) submit_many: {bulk:8.0f}/s   submit: {one:8.0f}/s (target >= 5,000/s bulk)")
+    if want("sweep"):
+        total, due = (100_000, 1_000) if args.quick else (1_000_000, 10_000)
+        took, seed_s, enqueued = bench_sweep(total, due)
+        print(f"(4) sweep: {enqueued:,} due of {total:,} tracked selected, claimed and enqueued"
+              f" in {took:.2f} s (target <= 2 s; seeding took {seed_s:.0f} s)")
+    if want("retention"):
+        before, after = bench_retention(n)
+        print(f"(6) Redis per completed request: {before:,.0f} B before retention,"
+              f" {after:,.0f} B after (ledger TTL, results cap, audit archived)")
     if want("latency"):
         capacity = results.get("pipeline") or bench_pipeline(n, 0)[0]
         p50, p99 = bench_latency(min(n, 3000), capacity / 2)
