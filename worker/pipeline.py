@@ -36,6 +36,12 @@ from worker.rules import ActionRule, RuleViolation, check
 DEAD_LETTERED = frozenset({Outcome.FAILED, Outcome.UNAUTHORIZED})
 
 
+class GaveUp(PermanentError):
+    """Our own verdict, not the provider's: the retry budget or deadline ran out."""
+
+    outcome = Outcome.FAILED
+
+
 @dataclass(frozen=True)
 class Finished:
     outcome: str
@@ -235,9 +241,8 @@ class Pipeline:
         """The breaker or the rate limit held the call back: wait, spending no attempt,
         unless the retry deadline has passed."""
         if self.clock() - created > self.settings.retry_deadline_seconds:
-            failed = PermanentError(f"gave up: {hold.reason} past the retry deadline",
-                                    code=hold.reason)
-            failed.outcome = Outcome.FAILED
+            failed = GaveUp(f"gave up: {hold.reason} past the retry deadline",
+                            code=hold.reason)
             return self._final(message, version, attempts, failed, [], log)
         return self._wait(message, version, attempts, hold.seconds, hold.reason, None, [], log)
 
@@ -271,10 +276,8 @@ class Pipeline:
         delay = self.policy.delay(attempt, retry_after=exc.retry_after)
         past_deadline = self.clock() - created > self.settings.retry_deadline_seconds
         if delay is None or past_deadline:
-            failed = PermanentError(
-                f"gave up after {attempt} attempts: {exc.message}", code=exc.code,
-                http_status=exc.http_status)
-            failed.outcome = Outcome.FAILED
+            failed = GaveUp(f"gave up after {attempt} attempts: {exc.message}", code=exc.code,
+                            http_status=exc.http_status)
             return self._final(message, version, attempt, failed, [attempt_record], log)
         return self._wait(message, version, attempt, delay, exc.code, exc.http_status,
                           [attempt_record], log)
