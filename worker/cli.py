@@ -380,15 +380,74 @@ def audit() -> None:
     """The hash-chained audit trail."""
 
 
-@audit.command("verify")
-def audit_verify() -> None:
-    """Walk the audit chain; name the first broken record and exit 1 if there is one."""
-    from worker.audit_store import verify_stream
+def _archive_dir(given: str | None) -> str:
+    from config.settings import get_settings
 
-    count, broken = verify_stream(_client())
-    if broken is not None:
-        fail(f"audit chain BROKEN after {count} good records: {broken.describe()}")
-    click.echo(f"audit chain OK: {count} records")
+    return given or get_settings().audit_archive_dir
+
+
+@audit.command("verify")
+@click.option("--archive", "archive", is_flag=False, flag_value="", default=None,
+              metavar="[DIR]",
+              help="Also walk the archive files (default dir: IDVCANCEL_AUDIT_ARCHIVE_DIR) "
+                   "and then Redis as one chain from the first record.")
+def audit_verify(archive: str | None) -> None:
+    """Walk the audit chain; name the first broken record and exit 1 if there is one.
+
+    Without --archive, the chain held in Redis is walked from the last archived record
+    (idvcancel:audit:archived) on. A break in an archive file is named FILE:LINE.
+    """
+    from worker.retention import ArchiveError, verify_archive, verify_redis
+
+    client = _client()
+    directory = None if archive is None else _archive_dir(archive)
+    if directory is not None and not os.path.isdir(directory):
+        fail(f"no archive directory {directory!r}", EXIT_USAGE)
+    try:
+        report = (verify_redis(client) if directory is None
+                  else verify_archive(client, directory))
+    except ArchiveError as exc:
+        fail(str(exc))
+    if report.broken is not None:
+        fail(f"audit chain BROKEN after {report.count} good records: "
+             f"{report.broken.describe()}")
+    if directory is not None:
+        click.echo(f"audit chain OK: {report.count} records ({report.in_archive} in "
+                   f"{directory}, {report.in_redis} in Redis)")
+    elif report.head is not None:
+        click.echo(f"audit chain OK: {report.count} records (continuing from the archived "
+                   f"{report.head.describe()})")
+    else:
+        click.echo(f"audit chain OK: {report.count} records")
+
+
+@audit.command("archive")
+@click.option("--older-than", "older_than", type=click.FloatRange(min=0), default=None,
+              metavar="SECONDS",
+              help="Archive records older than this (default: "
+                   "IDVCANCEL_AUDIT_RETENTION_SECONDS).")
+@click.option("--dir", "directory", default=None, metavar="DIR",
+              help="The archive directory (default: IDVCANCEL_AUDIT_ARCHIVE_DIR).")
+def audit_archive(older_than: float | None, directory: str | None) -> None:
+    """Move old audit records from Redis to the archive files (what the periodic task
+    idvcancel.retention does), and print what was done as one JSON object.
+
+    Records are written and fsynced before they leave Redis; the chain left in Redis
+    continues from the last archived one. Exit 1 when another run holds the lock, the
+    directory does not hold the records already archived, or a record does not verify
+    (archiving stops before it).
+    """
+    from config.settings import get_settings
+    from worker.retention import ArchiveError, archive_audit
+
+    seconds = get_settings().audit_retention_seconds if older_than is None else older_than
+    try:
+        report = archive_audit(_client(), _archive_dir(directory), seconds, time.time())
+    except ArchiveError as exc:
+        fail(str(exc))
+    echo_json(report.summary())
+    if report.broken is not None:
+        fail(f"archiving stopped at a broken record: {report.broken.describe()}")
 
 
 @main.command()
@@ -419,3 +478,7 @@ def simulate(host: str, port: int, autocreate: bool) -> None:
     if autocreate:
         args.append("--autocreate")
     sim_main(args)
+
+
+if __name__ == "__main__":
+    main()

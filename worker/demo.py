@@ -33,6 +33,8 @@ DEMO_ENV = {
     "IDVCANCEL_HTTP_TIMEOUT_SECONDS": "5",
     "IDVCANCEL_VISIBILITY_TIMEOUT_SECONDS": "30",
     "IDVCANCEL_LEASE_SECONDS": "15",
+    "IDVCANCEL_JUMIO_USER_AGENT": "idv-cancel demo/0.1",
+    "IDVCANCEL_RATE_LIMITS": '{"txcloud": 5, "jumio": 15}',
 }
 
 
@@ -62,6 +64,26 @@ CASES = [
     Case("idpass delete (no API)", "idpass", "delete", "rejected", status="new"),
     Case("idpass bad credentials", "idpass", "cancel", "unauthorized", status="new", stuck=401),
     Case("idpass down for good", "idpass", "cancel", "failed", status="new", stuck=503),
+    Case("txcloud pending", "txcloud", "cancel", "cancelled", status="pending"),
+    Case("txcloud verified", "txcloud", "cancel", "not_cancellable", status="verified"),
+    Case("txcloud 429 then ok", "txcloud", "cancel", "cancelled", status="pending",
+         fail_first=(429,)),
+    Case("gu1 in_review", "gu1", "cancel", "cancelled", status="in_review",
+         reason="customer abandoned the application"),
+    Case("gu1 reason too short", "gu1", "cancel", "rejected", status="pending", reason="no"),
+    Case("gu1 approved", "gu1", "cancel", "not_cancellable", status="approved",
+         reason="customer abandoned the application"),
+    Case("jumio scan (eu)", "jumio", "delete", "deleted", status="DONE",
+         options={"product": "scan", "region": "eu"}),
+    Case("jumio document (sgp)", "jumio", "delete", "deleted", status="PENDING",
+         options={"product": "document", "region": "sgp"}),
+    Case("jumio unknown scan", "jumio", "delete", "not_found"),
+    Case("jumio cancel (no API)", "jumio", "cancel", "rejected", status="PENDING"),
+    Case("onespan cancel", "onespan", "cancel", "cancelled", status="new"),
+    Case("onespan completed", "onespan", "cancel", "not_cancellable", status="completed"),
+    Case("onespan erase", "onespan", "delete", "deleted", status="completed"),
+    Case("onespan erase unknown", "onespan", "delete", "not_found"),
+    Case("onespan bad token", "onespan", "cancel", "unauthorized", status="new", stuck=401),
 ]
 
 
@@ -74,7 +96,13 @@ def _prepare(sim: SimulatorClient, run: str) -> list[tuple[Case, dict[str, Any]]
     for i, case in enumerate(CASES):
         reference = _reference(case.provider)
         if case.status is not None:
-            sim.seed(case.provider, [{"reference": reference, "status": case.status}])
+            seed: dict[str, Any] = {"reference": reference, "status": case.status}
+            if case.provider == "jumio":
+                product = (case.options or {}).get("product", "scan")
+                seed["product"] = {"scan": "scans", "document": "documents"}.get(
+                    product, "authentications")
+                seed["region"] = (case.options or {}).get("region", "us")
+            sim.seed(case.provider, [seed])
         if case.stuck is not None or case.fail_first:
             statuses = [case.stuck] if case.stuck is not None else list(case.fail_first)
             sim.script_reference(case.provider, reference, statuses,
@@ -82,7 +110,8 @@ def _prepare(sim: SimulatorClient, run: str) -> list[tuple[Case, dict[str, Any]]
         request: dict[str, Any] = {
             "request_id": f"demo-{run}-{i:02d}", "provider": case.provider,
             "action": case.action, "reference": reference, "requested_by": "idvcancel-demo",
-            "reason": case.reason or "demo: customer abandoned the application",
+            "reason": case.reason if case.reason is not None
+            else "demo: customer abandoned the application",
         }
         if case.options:
             request["options"] = case.options
@@ -129,7 +158,7 @@ def run_demo(workers: int = 1) -> int:
             ev = results.get(rid, {})
             got = ev.get("outcome", "(none)")
             ok &= got == want
-            rows.append([rid[-2:] if rid[-2:].isdigit() else "mf", labels[rid],
+            rows.append([rid.rsplit("-", 1)[-1][:2], labels[rid],
                          got + (" ✓" if got == want else " ✗"), want,
                          str(ev.get("attempts", "")), str(ev.get("http_status") or "-"),
                          str(ev.get("fee_refunded") if ev.get("fee_refunded") is not None
