@@ -59,7 +59,7 @@ _SWEEP_LUA = resources.files("worker").joinpath("lua/sweep.lua").read_text()
 #: ``requested_by`` of the sweep's cancels.
 SWEEP_REQUESTER = "idvcancel-sweep"
 #: Most sessions one claim script takes (and one enqueue sends): keeps each script short.
-CLAIM_CHUNK = 500
+CLAIM_CHUNK = 2000
 
 _UNITS = (("day", 86400), ("hour", 3600), ("minute", 60), ("second", 1))
 

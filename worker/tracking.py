@@ -362,17 +362,28 @@ def supersede_request(prior: SessionRecord) -> CancelRequest:
     )
 
 
+#: KEYS[1] claimed zset; ARGV: session hash prefix, now, retention, references...
+_RELEASE_LUA = """
+redis.call('ZREM', KEYS[1], unpack(ARGV, 4))
+for i = 4, #ARGV do
+  local key = ARGV[1] .. ARGV[i]
+  redis.call('HSET', key, 'state', 'closed', 'closed_at', ARGV[2])
+  redis.call('EXPIRE', key, ARGV[3])
+end
+return #ARGV - 3
+"""
+
+
 def release(client: redis.Redis, provider: str, references: Iterable[str], *,
             retention_seconds: int, now: float | None = None) -> None:
-    """Close claimed sessions once their cancels are enqueued (one transaction)."""
+    """Close claimed sessions once their cancels are enqueued (one script call)."""
+    refs = list(references)
+    if not refs:
+        return
     at = time.time() if now is None else now
-    pipe = client.pipeline(transaction=True)
-    for reference in references:
-        key = keys.track_session(provider, reference)
-        pipe.zrem(keys.track_claimed(provider), reference)
-        pipe.hset(key, mapping={"state": "closed", "closed_at": f"{at:.3f}"})
-        pipe.expire(key, retention_seconds)
-    pipe.execute()
+    client.register_script(_RELEASE_LUA)(
+        keys=[keys.track_claimed(provider)],
+        args=[keys.track_session_prefix(provider), f"{at:.3f}", str(retention_seconds), *refs])
 
 
 def track(client: redis.Redis, session: TrackedSession | Mapping[str, Any], *,

@@ -32,10 +32,18 @@ local now = ARGV[1]
 local limit = tonumber(ARGV[3])
 local claims = {}
 
+-- Only the fields a cancel request is built from: the reply is parsed in Python, and
+-- for 10,000 claims every field left out is time saved.
+local wanted = {'application_id', 'status', 'last_activity', 'options', 'state', 'claim',
+                'superseded_by'}
 local function claim_reply(ref, kind, key)
   local reply = {ref, kind}
-  for _, value in ipairs(redis.call('HGETALL', key)) do
-    reply[#reply + 1] = value
+  local values = redis.call('HMGET', key, unpack(wanted))
+  for i, name in ipairs(wanted) do
+    if values[i] then
+      reply[#reply + 1] = name
+      reply[#reply + 1] = values[i]
+    end
   end
   return reply
 end
