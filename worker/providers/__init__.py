@@ -6,6 +6,7 @@ Adding a provider means one adapter module (with its ``RULES`` table) and one li
 
 from __future__ import annotations
 
+import functools
 import importlib
 import threading
 
@@ -26,6 +27,7 @@ _lock = threading.Lock()
 _instances: dict[str, ProviderAdapter] = {}
 
 
+@functools.cache
 def adapter_class(provider: str) -> type[ProviderAdapter]:
     """The adapter class for ``provider``; KeyError for an unknown name."""
     module, _, name = _ADAPTERS[provider].partition(":")
