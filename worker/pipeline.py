@@ -169,6 +169,8 @@ class Pipeline:
             records=[records.draft(records.RECEIVED, message),
                      records.draft(records.REJECTED, message, error=result["error"])],
             event=result,
+            # the conflicting message is done; the request it collided with may not be
+            ledger_ttl=None if state.phase == DONE else 0,
         ) or Finished(Outcome.REJECTED)
 
     def _claim(self, message: Message, state: LedgerState, *, attempts: int,

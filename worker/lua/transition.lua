@@ -19,7 +19,7 @@ ARGV[4]  number of items
 then per item, 8 fixed values and its records:
   expected ledger version ("0" = none yet), ledger fields as a JSON object of strings
   ("" = leave the ledger), result event JSON (""), dead-letter entry JSON (""),
-  dead-letter id, ledger TTL seconds ("0" = keep), number of records n,
+  dead-letter id, ledger TTL seconds ("0" = never expire), number of records n,
   the audit head after this item, then n audit records (sealed, in chain order)
 
 Returns {1} when every item applied; {0, head} when the head had moved (nothing
@@ -48,6 +48,9 @@ for i = 1, tonumber(ARGV[4]) do
     local ttl = tonumber(ARGV[a + 5])
     if ttl > 0 then
       redis.call('EXPIRE', ledger_key, ttl)
+    else
+      -- in flight again (a replay): a TTL left from when it was done must not run on
+      redis.call('PERSIST', ledger_key)
     end
   end
   local n = tonumber(ARGV[a + 6])
