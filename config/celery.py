@@ -66,5 +66,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.sweep_interval_seconds,
                 "options": {"queue": QUEUE, "expires": settings.sweep_interval_seconds},
             },
+            # Audit records past IDVCANCEL_AUDIT_RETENTION_SECONDS move to the archive files
+            # (worker.retention). Overlapping runs are safe: one lock, the other returns.
+            "idvcancel-retention": {
+                "task": "idvcancel.retention",
+                "schedule": settings.retention_interval_seconds,
+                "options": {"queue": QUEUE, "expires": settings.retention_interval_seconds},
+            },
         },
     }

@@ -81,6 +81,9 @@ class Settings(BaseSettings):
     onespan_base_url: str = "https://onespan.example.invalid"
     onespan_token: SecretStr = SecretStr("")
     onespan_tenant: str = ""
+    # OneSpan deletes arriving within this many milliseconds of each other (same grace
+    # period) go out in one mark-for-erasure call of up to 500 ids (0 = one call each).
+    onespan_batch_window_ms: float = Field(50.0, ge=0, le=1000)
 
     @model_validator(mode="after")
     def _countdowns_stay_below_visibility(self) -> Settings:
@@ -110,6 +113,22 @@ class Settings(BaseSettings):
     # for it cannot put it back into tracking.
     track_retention_seconds: int = Field(30 * 86400, ge=1)
 
+    # -- retention: what keeps Redis bounded (worker.retention, task idvcancel.retention) --
+    # How long a finished request's ledger is kept (0 = forever). A duplicate of the
+    # request arriving after that is carried out again, so this must exceed the longest
+    # window in which a copy can still arrive (redeliveries, producer retries, replays).
+    # Ledgers in flight (calling, waiting) never expire.
+    ledger_ttl_seconds: int = Field(7 * 86400, ge=0)
+    # Approximate cap on the results stream (XADD MAXLEN ~; 0 = unbounded).
+    results_maxlen: int = Field(1_000_000, ge=0)
+    # Audit records older than this are moved from Redis to the archive files.
+    audit_retention_seconds: int = Field(30 * 86400, ge=0)
+    # Where the archive's JSON Lines files go (one per UTC day). Every process that runs
+    # idvcancel.retention must see the same directory (shared volume, or one host).
+    audit_archive_dir: str = "./var/audit-archive"
+    # How often Celery beat enqueues ``idvcancel.retention``.
+    retention_interval_seconds: float = Field(3600.0, gt=0)
+
     @field_validator("sweep_after_seconds")
     @classmethod
     def _sweep_thresholds_are_known_and_positive(cls, value: dict[str, float]
@@ -122,6 +141,17 @@ class Settings(BaseSettings):
             if not seconds > 0:
                 raise ValueError(f"IDVCANCEL_SWEEP_AFTER_SECONDS: {provider} must be > 0 seconds")
         return value
+
+    @model_validator(mode="after")
+    def _ledger_outlives_redelivery(self) -> Settings:
+        # A finished ledger that expires before a redelivered copy arrives lets that copy
+        # be carried out again: keep it well past the visibility timeout.
+        if 0 < self.ledger_ttl_seconds <= 2 * self.visibility_timeout_seconds:
+            raise ValueError(
+                f"IDVCANCEL_LEDGER_TTL_SECONDS ({self.ledger_ttl_seconds}) must be 0 (keep "
+                "forever) or more than twice the visibility timeout "
+                f"({self.visibility_timeout_seconds} s): a redelivered duplicate would run again")
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -10,7 +10,8 @@ from worker.logs import configure
 from worker.security import configure_signing
 
 configure()
-app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep"])
+app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep",
+                                     "tasks.retention"])
 app.conf.update(celery_config(get_settings()))
 configure_signing(app, get_settings())
 

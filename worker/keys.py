@@ -5,6 +5,8 @@
 | ``idvcancel:results`` | stream, field ``event`` | one result event per request (contract) |
 | ``idvcancel:audit`` | stream, field ``record`` | the hash-chained audit trail (contract) |
 | ``idvcancel:audit:head`` | string ``"<seq>:<hash>"`` | the chain's last link (compare-and-set) |
+| ``idvcancel:audit:archived`` | hash (id, seq, hash, file, ...) | the last archived record |
+| ``idvcancel:audit:archive:lock`` | string (token, PX) | held while records are archived |
 | ``idvcancel:req:<request_id>`` | hash | one request's ledger (``worker.ledger``) |
 | ``idvcancel:msg:<task_id>`` | hash | the ledger of a message whose request id could not be read |
 | ``idvcancel:dlq`` | hash id → JSON | dead letters: everything needed to replay a request |
@@ -14,6 +16,8 @@
 | ``idvcancel:track:session:<p>:<ref>`` | hash | one tracked session and its state |
 | ``idvcancel:track:apps:<p>`` | hash application id → ref | in-flight session per application |
 
+The chain left in ``idvcancel:audit`` continues from ``idvcancel:audit:archived`` once
+older records were moved to the archive files (``worker.retention``).
 ``<p>`` is a provider. The ``track:*`` keys belong to ``worker.tracking`` and ``worker.sweep``
 (see ``lua/track.lua`` and ``lua/sweep.lua``).
 """
@@ -25,6 +29,8 @@ from worker.contract import AUDIT_STREAM, RESULTS_STREAM
 RESULTS = RESULTS_STREAM
 AUDIT = AUDIT_STREAM
 AUDIT_HEAD = "idvcancel:audit:head"
+AUDIT_ARCHIVED = "idvcancel:audit:archived"
+AUDIT_ARCHIVE_LOCK = "idvcancel:audit:archive:lock"
 DLQ = "idvcancel:dlq"
 DLQ_INDEX = "idvcancel:dlq:index"
 

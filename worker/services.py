@@ -41,5 +41,7 @@ def pipeline() -> Pipeline:
                 client, threshold=settings.breaker_failure_threshold,
                 open_seconds=settings.breaker_open_seconds,
                 probe_seconds=settings.breaker_probe_seconds, rates=settings.rate_limits)
-            _pipeline = Pipeline(settings, Journal(client), guard=guard)
+            journal = Journal(client, ledger_ttl=settings.ledger_ttl_seconds,
+                              results_maxlen=settings.results_maxlen)
+            _pipeline = Pipeline(settings, journal, guard=guard)
         return _pipeline

@@ -123,13 +123,14 @@ def test_two_deletes_get_their_own_outcomes(stack: Stack) -> None:
     # When both deletes are submitted
     stack.producer.submit(present)
     stack.producer.submit(absent)
-    # Then each gets its own outcome from its own call
+    # Then each gets its own outcome, its id sent in one erasure call (the two may share
+    # one: deletes arriving together are batched)
     events = stack.results([present["request_id"], absent["request_id"]])
     assert events[present["request_id"]]["outcome"] == "deleted"
     assert events[absent["request_id"]]["outcome"] == "not_found"
     for request in (present, absent):
         (call,) = stack.provider_calls("onespan", request["reference"])
-        assert call["body"]["transaction_ids"] == [request["reference"]]
+        assert request["reference"] in call["body"]["transaction_ids"]
     assert stack.sim_client.status("onespan", present["reference"]) == "marked_for_erasure"
 
 
@@ -163,3 +164,36 @@ def test_worker_without_tenant_cannot_delete_but_can_cancel(stack: Stack) -> Non
     assert stack.provider_calls("onespan", delete["reference"]) == []
     # And the cancel, which needs no tenant, still works
     assert events[cancel["request_id"]]["outcome"] == "cancelled"
+
+
+# -- batched deletes -------------------------------------------------------------------------
+def test_deletes_arriving_together_share_erasure_calls(stack: Stack) -> None:
+    # Given 40 OneSpan deletes: 25 for completed transactions, 15 for unknown ones
+    requests = [stack.request(provider="onespan", action="delete", reference=reference())
+                for _ in range(40)]
+    present, absent = requests[:25], requests[25:]
+    stack.sim_client.seed("onespan", [{"reference": r["reference"], "status": "completed"}
+                                      for r in present])
+    # When they are all submitted at once
+    stack.producer.submit_many(requests)
+    # Then each ends with its own outcome, after one call of its own share
+    events = stack.results([r["request_id"] for r in requests])
+    for request in present:
+        event = events[request["request_id"]]
+        assert event["outcome"] == "deleted" and event["attempts"] == 1
+        assert event["provider_status"] == "marked_for_erasure"
+        assert stack.sim_client.status("onespan", request["reference"]) == "marked_for_erasure"
+    for request in absent:
+        event = events[request["request_id"]]
+        assert event["outcome"] == "not_found" and event["attempts"] == 1
+        assert "not found" in event["error"]["message"].lower()
+    # And the simulator got far fewer mark-for-erasure calls than requests, each with at
+    # most 500 ids, together naming every transaction exactly once
+    erasures = [c for c in stack.sim_client.calls("onespan") if c["path"] == ERASE_PATH]
+    bodies = {c["request_id"]: c["body"] for c in erasures}
+    assert len(bodies) <= len(requests) // 4, f"{len(bodies)} calls for {len(requests)} deletes"
+    assert all(1 <= len(body["transaction_ids"]) <= 500 for body in bodies.values())
+    sent = sorted(tid for body in bodies.values() for tid in body["transaction_ids"])
+    assert sent == sorted(r["reference"] for r in requests)
+    assert all(body["grace_period"] == 0 for body in bodies.values())
+    stack.assert_chain_intact()

@@ -4,6 +4,7 @@ answer (and each transaction's erasure result) is classified (httpx MockTranspor
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -358,3 +359,179 @@ def test_read_status_of_an_erased_transaction_is_not_found() -> None:
     _, handle = recorder(404, json={"message": "not found"})
     with pytest.raises(errors.NotFound):
         adapter(handle).read_status(request(action="delete"))
+
+
+# -- batched deletes -----------------------------------------------------------------------
+def batching_adapter(handler: Handler, window_ms: float) -> OneSpanAdapter:
+    config = Settings(onespan_base_url="http://onespan.test/prefix", onespan_token="jwt",
+                      onespan_tenant="acme", onespan_batch_window_ms=window_ms)
+    return OneSpanAdapter(config, transport=httpx.MockTransport(handler))
+
+
+def erasing_provider() -> tuple[list[dict[str, Any]], Handler]:
+    """A provider answering each id of each erasure call: ids starting with "gone" are
+    not found, the others accepted. Records each call's JSON body."""
+    bodies: list[dict[str, Any]] = []
+    lock = threading.Lock()
+
+    def handle(req: httpx.Request) -> httpx.Response:
+        body = json.loads(req.content)
+        with lock:
+            bodies.append(body)
+        return httpx.Response(200, json={"results": [
+            {"transaction_id": tid, "error": "Transaction not found"} if tid.startswith("gone")
+            else {"transaction_id": tid, "marking_event": ACCEPTED}
+            for tid in body["transaction_ids"]
+        ]})
+
+    return bodies, handle
+
+
+def delete_together(
+    onespan: OneSpanAdapter, references: list[str], grace: Callable[[int], int] = lambda _: 0
+) -> list[ProviderAnswer | BaseException]:
+    """Execute one delete per reference, each from its own thread, released at once."""
+    outcomes: list[ProviderAnswer | BaseException] = [RuntimeError("never ran")] * len(
+        references)
+    barrier = threading.Barrier(len(references))
+
+    def run(index: int, reference: str) -> None:
+        delete = request(request_id=f"r-{index}", action="delete", reference=reference,
+                         options={"grace_period": grace(index)})
+        barrier.wait()
+        try:
+            outcomes[index] = onespan.execute(delete, DELETE)
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertions
+            outcomes[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i, ref)) for i, ref in enumerate(references)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+        assert not thread.is_alive(), "a delete was left waiting"
+    return outcomes
+
+
+def test_concurrent_deletes_share_one_erasure_call() -> None:
+    # Given 30 deletes on 30 threads, a third of them for unknown transactions
+    bodies, handle = erasing_provider()
+    onespan = batching_adapter(handle, window_ms=300)
+    references = [f"gone-{i}" if i % 3 == 0 else f"tx-{i}" for i in range(30)]
+    # When they are executed at once
+    outcomes = delete_together(onespan, references)
+    # Then one HTTP call carried all 30 ids
+    (body,) = bodies
+    assert body["grace_period"] == 0
+    assert sorted(body["transaction_ids"]) == sorted(references)
+    # And each delete got its own transaction's result
+    for reference, outcome in zip(references, outcomes, strict=True):
+        if reference.startswith("gone"):
+            assert isinstance(outcome, errors.NotFound) and outcome.http_status == 200
+        else:
+            assert outcome == ProviderAnswer(Outcome.DELETED, 200, MARKED)
+
+
+def test_more_than_500_concurrent_deletes_are_split_into_calls_of_at_most_500() -> None:
+    # Given 510 deletes at once
+    bodies, handle = erasing_provider()
+    onespan = batching_adapter(handle, window_ms=1000)
+    references = [f"tx-{i}" for i in range(510)]
+    # When they are executed / Then two calls, of 500 ids and of 10, and every one deleted
+    outcomes = delete_together(onespan, references)
+    assert sorted(len(body["transaction_ids"]) for body in bodies) == [10, 500]
+    sent = [tid for body in bodies for tid in body["transaction_ids"]]
+    assert sorted(sent) == sorted(references)
+    assert all(o == ProviderAnswer(Outcome.DELETED, 200, MARKED) for o in outcomes)
+
+
+def test_deletes_with_other_grace_periods_go_in_other_calls() -> None:
+    bodies, handle = erasing_provider()
+    onespan = batching_adapter(handle, window_ms=300)
+    references = [f"tx-{i}" for i in range(10)]
+    # When deletes with grace periods 0 and 14 arrive together
+    outcomes = delete_together(onespan, references, grace=lambda i: 14 if i % 2 else 0)
+    # Then one call per grace period, each carrying its own deletes' ids
+    by_grace = {body["grace_period"]: sorted(body["transaction_ids"]) for body in bodies}
+    assert by_grace == {0: sorted(references[0::2]), 14: sorted(references[1::2])}
+    assert all(isinstance(o, ProviderAnswer) for o in outcomes)
+
+
+def test_two_deletes_of_one_transaction_both_get_its_result() -> None:
+    # Given two request ids for one transaction, and another transaction
+    bodies, handle = erasing_provider()
+    onespan = batching_adapter(handle, window_ms=300)
+    # When they are executed together / Then the id is sent once and both are deleted
+    outcomes = delete_together(onespan, [REF, REF, OTHER])
+    (body,) = bodies
+    assert sorted(body["transaction_ids"]) == sorted([REF, OTHER])
+    assert outcomes == [ProviderAnswer(Outcome.DELETED, 200, MARKED)] * 3
+
+
+@pytest.mark.parametrize(("status", "error_type"), [
+    (401, errors.Unauthorized), (429, errors.RateLimited), (503, errors.ProviderServerError),
+])
+def test_a_failed_erasure_call_is_every_batched_deletes_error(
+    status: int, error_type: type[errors.ProviderError]
+) -> None:
+    # Given a provider failing the call as a whole
+    seen, handle = recorder(status, json={"message": "nope"})
+    onespan = batching_adapter(handle, window_ms=300)
+    # When 12 deletes share one call / Then each raises the call's error as its own
+    outcomes = delete_together(onespan, [f"tx-{i}" for i in range(12)])
+    assert len(seen) == 1
+    for outcome in outcomes:
+        assert isinstance(outcome, error_type)
+        assert outcome.http_status == status and outcome.message == "nope"
+
+
+class Interrupted(BaseException):
+    """Stops the thread making the call without an answer (not an Exception)."""
+
+
+def test_deletes_whose_batch_got_no_answer_are_retried() -> None:
+    # Given a call that never answers: the thread making it is stopped
+    def stop(_: httpx.Request) -> httpx.Response:
+        raise Interrupted
+
+    onespan = batching_adapter(stop, window_ms=300)
+    # When 5 deletes share that call
+    outcomes = delete_together(onespan, [f"tx-{i}" for i in range(5)])
+    # Then no delete is left waiting: the others get a transient error (retried)
+    transient = [o for o in outcomes if isinstance(o, errors.TransientError)]
+    assert len(transient) == 4
+    assert all(o.code == "erasure_batch_failed" for o in transient)
+    assert sum(isinstance(o, Interrupted) for o in outcomes) == 1
+
+
+def test_window_zero_sends_one_call_per_delete() -> None:
+    bodies, handle = erasing_provider()
+    onespan = batching_adapter(handle, window_ms=0)
+    references = [f"tx-{i}" for i in range(8)]
+    outcomes = delete_together(onespan, references)
+    assert sorted(body["transaction_ids"] for body in bodies) == sorted([r] for r in references)
+    assert all(o == ProviderAnswer(Outcome.DELETED, 200, MARKED) for o in outcomes)
+
+
+def test_concurrent_cancels_are_not_batched() -> None:
+    seen, handle = recorder(200, json={"status": "cancelled"})
+    onespan = batching_adapter(handle, window_ms=300)
+    barrier = threading.Barrier(6)
+    answers: list[ProviderAnswer] = []
+
+    def cancel(index: int) -> None:
+        barrier.wait()
+        answers.append(onespan.execute(request(reference=f"tx-{index}"), CANCEL))
+
+    threads = [threading.Thread(target=cancel, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    assert len(seen) == 6 and len(answers) == 6
+    assert sorted(str(req.url).split("/")[-2] for req in seen) == [f"tx-{i}" for i in range(6)]
+
+
+def test_the_batch_window_setting_defaults_to_50_ms() -> None:
+    assert Settings().onespan_batch_window_ms == 50
+    assert adapter(recorder()[1]).erasures.window == 0.05

@@ -12,7 +12,12 @@ Delete: ``POST {base}/api/transactions/mark-for-erasure`` with ``X-Tenant`` and
 ``{"grace_period": <days >= 0>, "transaction_ids": [...]}``. Erasure is asynchronous: with
 grace period 0 the data goes the same day, otherwise it can be unmarked until the period
 ends. The answer carries one result per transaction (partial success is possible), which
-``mark_for_erasure`` reads, so a later batcher (up to 500 ids a call) can reuse it:
+``mark_for_erasure`` reads. Deletes are batched (``worker.batching``): those of one
+grace period that arrive within ``IDVCANCEL_ONESPAN_BATCH_WINDOW_MS`` of each other, on
+any of the process's threads, share one call of up to 500 ids, and each request still
+gets its own transaction's result; a failure of the call as a whole (unreachable, 401,
+429, 5xx, ...) is every request's. The pipeline does not know: ``execute`` blocks until
+its batch is answered.
 
 - ``marking_event`` "… - Accepted" → ``deleted`` (provider status ``marked_for_erasure``);
 - "already marked for erasure" → ``deleted`` too: the data is going either way
@@ -48,6 +53,8 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from config.settings import Settings
+from worker.batching import BatchError, Coalescer
 from worker.contract import CancelRequest, Outcome
 from worker.providers.base import ProviderAdapter, ProviderAnswer, join_url, json_body, short
 from worker.providers.errors import (
@@ -238,6 +245,18 @@ def mark_for_erasure(
 class OneSpanAdapter(ProviderAdapter):
     rules = RULES
 
+    def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
+        super().__init__(settings, transport)
+        # One coalescer per process, shared by its threads: one call per grace period.
+        # A leader's call is bounded by the HTTP client's timeouts (pool, connect, write,
+        # read: each up to http_timeout_seconds); a caller stops waiting well after that.
+        self.erasures: Coalescer[int, str, ProviderAnswer] = Coalescer(
+            self._mark_batch,
+            window=settings.onespan_batch_window_ms / 1000,
+            max_size=MAX_ERASURE_BATCH,
+            timeout=4 * settings.http_timeout_seconds + 1,
+        )
+
     def bearer(self) -> dict[str, str]:
         secret = self.settings.onespan_token.get_secret_value()
         token = self.require(secret, "IDVCANCEL_ONESPAN_TOKEN")
@@ -283,11 +302,23 @@ class OneSpanAdapter(ProviderAdapter):
         self.fail(response, message)
 
     def _erase(self, request: CancelRequest, options: DeleteOptions) -> ProviderAnswer:
-        result = mark_for_erasure(self, [request.reference], options.grace_period)
-        answer = result[request.reference]
-        if isinstance(answer, ProviderError):
-            raise answer
-        return answer
+        # Missing credentials end the request at once, rather than after a batch window.
+        self.bearer()
+        self.tenant()
+        try:
+            return self.erasures.submit(options.grace_period, request.reference)
+        except BatchError as exc:
+            # No result is known (the batch's leader failed): retried, and marking again
+            # is safe ("already marked" reads as deleted).
+            raise TransientError(
+                short(f"the batched mark-for-erasure call gave no answer: {exc}"),
+                code="erasure_batch_failed",
+            ) from exc
+
+    def _mark_batch(
+        self, grace_period: int, ids: list[str]
+    ) -> dict[str, ProviderAnswer | ProviderError]:
+        return mark_for_erasure(self, ids, grace_period)
 
     def read_status(self, request: CancelRequest) -> str | None:
         url = join_url(self.settings.onespan_base_url, "api/transaction", request.reference)
