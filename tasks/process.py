@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import redis
@@ -14,26 +15,65 @@ from worker.logs import get_logger
 from worker.pipeline import RetryLater
 from worker.services import pipeline
 
-#: Retries of a delivery that hit a bug in our own code before it is given up.
-MAX_INTERNAL_RETRIES = 5
+#: Deliveries of one message that may hit a bug in our own code before it is given up
+#: (rejected on the record, the raw message kept as a dead letter).
+MAX_INTERNAL_FAILURES = 5
+#: Redis answers that mean "not now" rather than "never": the message goes back.
+REDIS_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError,
+                     redis.ReadOnlyError, redis.exceptions.OutOfMemoryError)
+
+
+def _task_id(task: Task, args: Any, kwargs: Any) -> str:  # type: ignore[type-arg]
+    if task.request.id:
+        return str(task.request.id)
+    # A protocol-1 message may carry no id: key it by its content, which redelivery keeps.
+    return "noid-" + hashlib.sha256(repr((args, kwargs)).encode("utf-8", "replace")
+                                    ).hexdigest()[:32]
+
+
+def _later(task: Task, countdown: float) -> Reject | Exception:  # type: ignore[type-arg]
+    """``task.retry``, except that a retry that cannot be published puts the message
+    back (Celery's own answer, ``Reject(requeue=False)``, would drop it)."""
+    try:
+        return task.retry(countdown=countdown, max_retries=None, throw=False)
+    except Reject as exc:
+        return Reject(exc, requeue=True)
+
+
+def _internal_failures(task_id: str) -> int:
+    """How many deliveries of this message failed on a bug (best effort, in Redis)."""
+    try:
+        client = pipeline().journal.client
+        key = f"idvcancel:internal:{task_id}"
+        count = int(client.incr(key))
+        client.expire(key, 86400)
+        return count
+    except redis.RedisError:
+        return 1
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=None)
 def process(self: Task, *args: Any, **kwargs: Any) -> str:  # type: ignore[type-arg]
     """Carry out one request. Takes ``*args, **kwargs`` so that even a message with the
     wrong arguments reaches the pipeline and ends ``rejected`` instead of vanishing."""
-    task_id = str(self.request.id)
+    task_id = _task_id(self, args, kwargs)
+    log = get_logger(task_id=task_id)
     try:
         step = pipeline().handle(args, kwargs, task_id)
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except REDIS_UNAVAILABLE as exc:
         # Redis went away mid-step: put the message back rather than ack it. If Redis
         # is down the reject fails too and the message stays un-acked: redelivered
         # after the visibility timeout. Either way it is not lost.
-        get_logger(task_id=task_id).warning("redis_unavailable", error=type(exc).__name__)
+        log.warning("redis_unavailable", error=type(exc).__name__)
         raise Reject(exc, requeue=True) from exc
     except Exception as exc:
-        get_logger(task_id=task_id).exception("internal_error")
-        raise self.retry(exc=exc, countdown=5, max_retries=MAX_INTERNAL_RETRIES) from exc
+        log.exception("internal_error")
+        if _internal_failures(task_id) < MAX_INTERNAL_FAILURES:
+            raise _later(self, 5.0) from exc
+        pipeline().reject_unreadable(task_id, "internal_error",
+                                     f"gave up after repeated internal errors"
+                                     f" ({type(exc).__name__})", raw=(args, kwargs))
+        return "rejected"
     if isinstance(step, RetryLater):
-        raise self.retry(countdown=step.countdown, max_retries=None)
+        raise _later(self, step.countdown)
     return step.outcome

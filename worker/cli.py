@@ -113,9 +113,11 @@ def _client() -> redis.Redis:
 
 
 def _producer() -> Producer:
+    from config.settings import get_settings
     from worker.producer import Producer
 
-    return Producer(_redis_url())
+    # With the settings, so that messages are signed when the workers require it.
+    return Producer(_redis_url(), get_settings())
 
 
 def echo_json(value: Any) -> None:

@@ -10,11 +10,17 @@ person to inspect). Enabled by ``worker_consumer`` in ``config/celery.py``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from typing import Any
 
+from celery.utils.log import get_logger as celery_logger
 from celery.worker.consumer import Consumer
+from vine import promise
 
+from worker.contract import TASK_NAME
 from worker.logs import get_logger
+
+logger = celery_logger(__name__)
 
 
 def _message_id(message: Any) -> str:
@@ -40,7 +46,61 @@ def record_unreadable(message: Any, code: str, text: str) -> None:
         get_logger(task_id=task_id).exception("unreadable_not_recorded", error=code)
 
 
+def shape_problem(message: Any) -> str | None:
+    """Why an ``idvcancel.process`` message cannot be handed to the task, or None.
+
+    Celery unpacks ``[args, kwargs, embed]`` and a few headers before our code runs; a
+    message that breaks that unpacking would otherwise raise in the consumer loop and
+    stop the worker (and the next one, as it comes back). Messages that do not decode
+    are left to Celery's own decode-error path.
+    """
+    headers = getattr(message, "headers", None)
+    if not isinstance(headers, dict) or headers.get("task") != TASK_NAME:
+        return None
+    timelimit = headers.get("timelimit")
+    if timelimit is not None and not (isinstance(timelimit, list | tuple)
+                                      and len(timelimit) == 2):
+        return "the timelimit header is not a pair"
+    try:
+        body = message.decode()
+    except Exception:  # noqa: BLE001 - Celery's on_decode_error answers these
+        return None
+    if not (isinstance(body, list | tuple) and len(body) == 3):
+        return "the body is not [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "the task arguments are not a list"
+    if not isinstance(kwargs, dict) or "self" in kwargs:
+        return "the task keyword arguments are not an object of plain names"
+    if embed is not None and not isinstance(embed, dict):
+        return "the embed part of the body is not an object"
+    return None
+
+
 class RecordingConsumer(Consumer):
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Any], Any]:
+        handler = super().create_task_handler(promise)
+        connection_errors: tuple[type[BaseException], ...] = tuple(
+            getattr(self, "connection_errors", ()))
+
+        def on_task_received(message: Any) -> Any:
+            problem = shape_problem(message)
+            if problem is not None:
+                record_unreadable(message, "invalid_task_message", problem)
+                message.reject_log_error(logger, connection_errors)
+                return None
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
+                record_unreadable(message, "invalid_task_message",
+                                  f"Celery could not take the message ({type(exc).__name__})")
+                message.reject_log_error(logger, connection_errors)
+                return None
+
+        return on_task_received
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
         record_unreadable(message, "undecodable_message",
                           f"the message body could not be decoded ({type(exc).__name__})")

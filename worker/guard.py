@@ -75,7 +75,9 @@ class ProviderGuard:
             RATE_LIMITED.labels(provider, "provider").inc()
         with self._lock:
             recent = now - self._failed_at.get(provider, -1e9) < RECENT_FAILURE_SECONDS
-            uncertain = provider not in self._closed_until
+            # Not known to be closed right now (never seen, or the cache ran out): report
+            # the success, which is what closes a half-open circuit after a probe.
+            uncertain = self._closed_until.get(provider, 0.0) <= now
         if recent or uncertain:
             self.breaker.success(provider)
             with self._lock:

@@ -62,6 +62,12 @@ def _fingerprint_raw(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _fingerprint_raw_safe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
+    if _encodable({"args": list(args), "kwargs": dict(kwargs)}):
+        return _fingerprint_raw(args, kwargs)
+    return hashlib.sha256(ascii((args, kwargs)).encode()).hexdigest()
+
+
 def describe(error: ValidationError) -> str:
     """A short, specific description of what is wrong, never echoing the values."""
     parts = []
@@ -90,9 +96,21 @@ def _unwrap(args: Sequence[Any], kwargs: Mapping[str, Any]) -> tuple[Any, str | 
     return raw, None
 
 
+def _encodable(value: Any) -> bool:
+    try:
+        canonical_json(value).encode("utf-8")
+    except (UnicodeEncodeError, TypeError, ValueError):
+        return False
+    return True
+
+
 def parse(args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str) -> Message:
     """Parse one delivery of ``idvcancel.process``."""
     raw, problem = _unwrap(args, kwargs)
+    if problem is None and not _encodable(raw):
+        # Valid JSON can carry lone surrogates ("\ud800") that no UTF-8 store accepts:
+        # nothing of such a message is echoed or used as a key.
+        raw, problem = None, "the request contains text that is not valid Unicode"
     raw_id = raw.get("request_id") if isinstance(raw, dict) else None
     readable = (
         raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_REQUEST_ID_LENGTH else None
@@ -112,5 +130,5 @@ def parse(args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str) -> Messa
             request = CancelRequest.model_validate(raw)
         except ValidationError as exc:
             error = ("invalid_request", describe(exc))
-    fingerprint = request.fingerprint() if request else _fingerprint_raw(args, kwargs)
+    fingerprint = request.fingerprint() if request else _fingerprint_raw_safe(args, kwargs)
     return Message(ledger_key, fingerprint, readable, request, error, echo, task_id)

@@ -43,7 +43,7 @@ class DeadLetterDepth(Collector):
         gauge = GaugeMetricFamily("idvcancel_dead_letters", "Entries in the dead-letter store")
         try:
             gauge.add_metric([], float(self.read_depth()))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is away
             gauge.add_metric([], float("nan"))
         yield gauge
 

@@ -28,7 +28,12 @@ from worker.logs import get_logger
 from worker.metrics import ATTEMPTS, DUPLICATES, LATENCY, REQUESTS, RETRIES
 from worker.providers import get_adapter
 from worker.providers.base import ProviderAdapter, ProviderAnswer
-from worker.providers.errors import PermanentError, ProviderError, TransientError
+from worker.providers.errors import (
+    PermanentError,
+    ProviderError,
+    ProviderTimeout,
+    TransientError,
+)
 from worker.retry import RetryPolicy
 from worker.rules import ActionRule, RuleViolation, check
 
@@ -155,6 +160,10 @@ class Pipeline:
         return moved or self._carry_out(message, rule, 1, 0, False, log, created=now)
 
     def _conflict(self, message: Message, state: LedgerState, log: Any) -> Step | Moved:
+        if state.phase != DONE:
+            # Answer the conflict once the original has finished: writing to its ledger
+            # now would move the version under the worker that holds it mid-call.
+            return RetryLater(self.settings.retry_cap_seconds * (0.5 + random.random() / 2))
         if message.fingerprint in state.conflicts:
             return self.journal.apply(message.ledger_key, state.version, records=[
                 records.draft(records.DUPLICATE, message, outcome="rejected", conflict=True)
@@ -169,8 +178,7 @@ class Pipeline:
             records=[records.draft(records.RECEIVED, message),
                      records.draft(records.REJECTED, message, error=result["error"])],
             event=result,
-            # the conflicting message is done; the request it collided with may not be
-            ledger_ttl=None if state.phase == DONE else 0,
+            ledger_ttl=None,  # the original is done (see above)
         ) or Finished(Outcome.REJECTED)
 
     def _claim(self, message: Message, state: LedgerState, *, attempts: int,
@@ -249,7 +257,8 @@ class Pipeline:
         return self._wait(message, version, attempts, hold.seconds, hold.reason, None, [], log)
 
     def _wait(self, message: Message, version: int, attempts: int, delay: float, reason: str,
-              http_status: int | None, drafts: list[dict[str, Any]], log: Any) -> Step | Moved:
+              http_status: int | None, drafts: list[dict[str, Any]], log: Any,
+              *, recover: bool = False) -> Step | Moved:
         RETRIES.labels(message.field("provider") or "unknown", reason).inc()
         log.info("retry_scheduled", attempt=attempts, delay=round(delay, 3), error=reason,
                  http_status=http_status)
@@ -257,6 +266,7 @@ class Pipeline:
             "phase": WAITING, "attempts": str(attempts), "owner": "", "lease_until": "0",
             "not_before": f"{self.clock() + delay:.3f}",
             "http_status": str(http_status or ""), "provider_status": "",
+            **({"recover": "1"} if recover else {}),
         }, records=[*drafts, records.draft(
             records.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
             error=reason)], ledger_ttl=0)  # in flight: only finished ledgers expire
@@ -281,8 +291,10 @@ class Pipeline:
             failed = GaveUp(f"gave up after {attempt} attempts: {exc.message}", code=exc.code,
                             http_status=exc.http_status)
             return self._final(message, version, attempt, failed, [attempt_record], log)
+        # The call may have landed although no answer came: read before calling again.
+        maybe_landed = isinstance(exc, ProviderTimeout) or exc.http_status in (502, 504)
         return self._wait(message, version, attempt, delay, exc.code, exc.http_status,
-                          [attempt_record], log)
+                          [attempt_record], log, recover=maybe_landed)
 
     def _final(self, message: Message, version: int, attempts: int,
                answer: ProviderAnswer | ProviderError, drafts: list[dict[str, Any]], log: Any,

@@ -87,5 +87,5 @@ def dead_letter(
     }
     if message.request is None and raw is not None:
         # Kept for a person to inspect; cut short so a huge payload cannot fill Redis.
-        entry["raw"] = repr(raw)[:4096]
+        entry["raw"] = ascii(raw)[:4096]  # ascii(): lone surrogates stay storable
     return DeadLetter(entry["id"], entry)

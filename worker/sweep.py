@@ -29,7 +29,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -113,21 +113,25 @@ def share(counts: Mapping[str, int], budget: int) -> dict[str, int]:
     return {p: given[p] for p in counts}
 
 
-def sweep_request(session: SessionRecord, now: float, threshold: float) -> CancelRequest:
+def sweep_request(session: SessionRecord, threshold: float) -> CancelRequest:
     """The sweep's cancel of one abandoned session; the reason says why, with no data.
+
+    The reason is built from stored data only, never from the clock: a claim that is
+    sent again later (its sweep died before releasing it) must be the same request, or
+    the idempotency ledger would answer it as a conflicting reuse of the id.
 
     Examples:
         >>> s = SessionRecord(provider="idpass", reference="r-1", last_activity=0.0)
-        >>> sweep_request(s, now=8 * 86400, threshold=7 * 86400).reason
-        'abandoned: no activity for 8 days (threshold 7 days)'
+        >>> sweep_request(s, threshold=7 * 86400).reason
+        'abandoned: no activity since 1970-01-01T00:00Z (threshold 7 days)'
     """
-    idle = humanize(now - session.last_activity)
+    since = datetime.fromtimestamp(session.last_activity, UTC).strftime("%Y-%m-%dT%H:%MZ")
     return CancelRequest(
         request_id=request_id_for("sweep", session.provider, session.reference),
         provider=session.provider,  # type: ignore[arg-type]  # validated when tracked
         action=cancel_action(provider_rules(session.provider)),
         reference=session.reference,
-        reason=f"abandoned: no activity for {idle} (threshold {humanize(threshold)})",
+        reason=f"abandoned: no activity since {since} (threshold {humanize(threshold)})",
         source="sweep",
         requested_by=SWEEP_REQUESTER,
         options=session.options,
@@ -227,7 +231,7 @@ def _item(window: _Window, session: SessionRecord, now: float, reclaimed: bool) 
     if session.claim == "supersede":
         request = supersede_request(session)
     else:
-        request = sweep_request(session, now, window.threshold)
+        request = sweep_request(session, window.threshold)
     return SweepItem(request, session, now - session.last_activity, window.threshold,
                      reclaimed)
 

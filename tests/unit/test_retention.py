@@ -435,14 +435,17 @@ def test_a_replayed_dead_letter_does_not_expire_in_flight(
 
 def test_a_conflict_does_not_give_an_in_flight_ledger_a_ttl(
         fake_redis: fakeredis.FakeRedis, pipeline_for: Any) -> None:
-    """Regression: the conflict step leaves an in-flight ledger without a TTL."""
+    """Regression: a conflict never writes to an in-flight ledger (it is answered once
+    the original has finished), so the ledger gets no TTL and its version stays put."""
     # Given a request waiting for its retry
     pipeline, _ = pipeline_for(503)
     assert isinstance(pipeline.handle([REQUEST], {}, "t-1"), RetryLater)
-    # When another request reuses its id
+    version = read(fake_redis, LEDGER).version
+    # When another request reuses its id / Then it waits for the original to finish
     other = {**REQUEST, "reference": "0f0f0f0f-0000-4000-8000-000000000000"}
-    assert pipeline.handle([other], {}, "t-2") == Finished("rejected")
-    # Then the waiting ledger still does not expire
+    assert isinstance(pipeline.handle([other], {}, "t-2"), RetryLater)
+    assert read(fake_redis, LEDGER).version == version
+    # And the waiting ledger still does not expire
     assert read(fake_redis, LEDGER).phase == "waiting"
     assert fake_redis.ttl(LEDGER) == -1
 

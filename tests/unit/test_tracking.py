@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -208,7 +209,8 @@ def test_sweep_request_carries_source_reason_and_deterministic_id(
     assert request.request_id == f"sweep:idpass:{ref(1)}"
     assert (request.source, request.requested_by, request.action) == (
         "sweep", "idvcancel-sweep", "cancel")
-    assert request.reason == "abandoned: no activity for 8 days (threshold 7 days)"
+    since = datetime.fromtimestamp(T0 - 8 * DAY, UTC).strftime("%Y-%m-%dT%H:%MZ")
+    assert request.reason == f"abandoned: no activity since {since} (threshold 7 days)"
 
 
 def test_thresholds_come_from_rules_unless_configured(settings: Settings) -> None:

@@ -107,7 +107,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         try:
             response = self._server.app.dispatch(req)
-        except Exception:  # a simulator bug must not kill the connection silently
+        except Exception:  # noqa: BLE001 - a simulator bug must not kill the connection
             response = SimResponse(500, {"error": "simulator internal error"})
         if response.close:
             self.close_connection = True
