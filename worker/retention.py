@@ -53,7 +53,7 @@ from typing import Any
 import redis
 
 from worker import keys
-from worker.audit import GENESIS, BrokenLink, verify
+from worker.audit import GENESIS, BrokenLink, parse_head, verify
 from worker.audit_store import iter_records
 from worker.contract import AUDIT_FIELD, canonical_json
 
@@ -511,13 +511,32 @@ def _walk_redis(client: redis.Redis, walker: _Walker, floor: ArchivedHead | None
     return None
 
 
+def _tail_break(client: redis.Redis, walker: _Walker) -> BrokenLink | None:
+    """The walk must end where the chain head (written with every append) says it ends:
+    otherwise records were cut off the end. A head ahead of the walk with records after
+    the last one walked is only a concurrent append, not a break."""
+    raw = client.get(keys.AUDIT_HEAD)
+    if not raw:
+        return None
+    seq, digest = parse_head(str(raw))
+    if seq == walker.prev_seq and digest == walker.prev_hash:
+        return None
+    if walker.prev_seq is not None and seq > walker.prev_seq and walker.last_id and client.xrange(
+            keys.AUDIT, min="(" + walker.last_id, max="+", count=1):
+        return None  # appended while we walked
+    label = walker.last_id or "(start)"
+    return BrokenLink(walker.count, label, walker.prev_seq,
+                      f"the chain ends at seq {walker.prev_seq} but its head says {seq}:"
+                      " records were cut off the end (or the head was rewritten)")
+
+
 def verify_redis(client: redis.Redis) -> ChainReport:
     """Verify the chain held in Redis, continuing from the archived head if there is one."""
     report = ChainReport(0, 0, None, None)
     for _ in range(VERIFY_ATTEMPTS):
         head = archived_head(client)
         walker = _Walker(head)
-        broken = _walk_redis(client, walker, head)
+        broken = _walk_redis(client, walker, head) or _tail_break(client, walker)
         report = ChainReport(0, walker.count, head, broken)
         if broken is None or archived_head(client) == head:
             return report
@@ -551,7 +570,7 @@ def _verify_archive_once(client: redis.Redis, directory: Path, head: ArchivedHea
             f"the archive ends at {ends} but Redis says records up to {head.describe()} "
             f"({head.file}) were archived: a file is missing or was cut short (removed)"),
             walker.duplicates)
-    broken = _walk_redis(client, walker, head)
+    broken = _walk_redis(client, walker, head) or _tail_break(client, walker)
     return ChainReport(in_archive, walker.count - in_archive, head, broken, walker.duplicates)
 
 
