@@ -9,7 +9,7 @@ The bulk run is property-based: Hypothesis generates the malformed messages in-p
 not short strings, wrong task arguments, bodies Celery cannot decode, ...), then they
 are all sent at once with the valid ones shuffled in. ``POISON_SEED`` replays a run.
 The cases Hypothesis found (or that we wrote) that break the contract are pinned
-below as explicit, strict ``xfail`` tests naming the bug.
+below as explicit tests, each named for the bug it once showed.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def raw_poison(draw: st.DrawFn) -> Poison:
                 "kwargs": {}}
         return Poison(how, raw=json.dumps(body).encode())
     # args that are not a list but are iterable (null, numbers and booleans are pinned
-    # as xfail shapes below)
+    # as explicit shapes below)
     args = draw(json_values.filter(lambda v: isinstance(v, dict | str)))
     return Poison(how, raw=protocol2(args), with_headers=True)
 
@@ -334,18 +334,6 @@ def test_thousands_of_malformed_messages_interleaved_with_valid_ones(rel: RelSta
 
 # -- the protocol-level shapes, one at a time ------------------------------------------
 
-WORKER_DIES = ("bug: a task message whose body is not [args, kwargs, embed] (or whose "
-               "'timelimit' header is malformed) raises inside Celery's strategy "
-               "(celery/worker/request.py:180, unpacking the payload), outside the "
-               "exceptions worker/consumer.py RecordingConsumer handles: the consumer dies "
-               "with 'Unrecoverable error', the worker exits, and the message is restored "
-               "to the queue, so it kills the next worker too")
-SILENTLY_DROPPED = ("bug: the message reaches the pool, then the call of the task itself "
-                    "fails before tasks/process.py runs (celery/app/trace.py: InvalidTaskError "
-                    "'kwargs not a mapping', TypeError 'argument after * must be an "
-                    "iterable'), or Celery drops it (embed not a mapping): the message is "
-                    "acked with no result event, no audit record and no dead letter")
-
 SHAPES = [
     pytest.param("args_not_a_list", protocol2({"a": 1}), {}, id="args_not_a_list"),
     pytest.param("pickle_body", pickle.dumps([[1], {}, {}]), {
@@ -355,29 +343,20 @@ SHAPES = [
                  id="task_header_not_a_string"),
     pytest.param("bad_eta_header", protocol2([{"request_id": "x"}]), {"eta": "not a date"},
                  id="bad_eta_header"),
-    pytest.param("body_is_an_object", b'{"a": 1}', {}, id="body_is_an_object",
-                 marks=pytest.mark.xfail(strict=True, reason=WORKER_DIES)),
-    pytest.param("body_is_a_number", b"5", {}, id="body_is_a_number",
-                 marks=pytest.mark.xfail(strict=True, reason=WORKER_DIES)),
-    pytest.param("body_is_null", b"null", {}, id="body_is_null",
-                 marks=pytest.mark.xfail(strict=True, reason=WORKER_DIES)),
-    pytest.param("body_is_a_short_list", b'[["x"]]', {}, id="body_is_a_short_list",
-                 marks=pytest.mark.xfail(strict=True, reason=WORKER_DIES)),
+    pytest.param("body_is_an_object", b'{"a": 1}', {}, id="body_is_an_object"),
+    pytest.param("body_is_a_number", b"5", {}, id="body_is_a_number"),
+    pytest.param("body_is_null", b"null", {}, id="body_is_null"),
+    pytest.param("body_is_a_short_list", b'[["x"]]', {}, id="body_is_a_short_list"),
     pytest.param("bad_timelimit_header", protocol2([]), {"timelimit": "x"},
-                 id="bad_timelimit_header",
-                 marks=pytest.mark.xfail(strict=True, reason=WORKER_DIES)),
+                 id="bad_timelimit_header"),
     pytest.param("args_is_null", protocol2(None), {}, id="args_is_null",
-                 marks=[pytest.mark.slow,
-                        pytest.mark.xfail(strict=True, reason=SILENTLY_DROPPED)]),
+                 marks=pytest.mark.slow),
     pytest.param("args_is_a_number", protocol2(5), {}, id="args_is_a_number",
-                 marks=[pytest.mark.slow,
-                        pytest.mark.xfail(strict=True, reason=SILENTLY_DROPPED)]),
+                 marks=pytest.mark.slow),
     pytest.param("kwargs_not_a_mapping", b"[[], [1], {}]", {}, id="kwargs_not_a_mapping",
-                 marks=[pytest.mark.slow,
-                        pytest.mark.xfail(strict=True, reason=SILENTLY_DROPPED)]),
+                 marks=pytest.mark.slow),
     pytest.param("embed_not_a_mapping", b"[[], {}, 5]", {}, id="embed_not_a_mapping",
-                 marks=[pytest.mark.slow,
-                        pytest.mark.xfail(strict=True, reason=SILENTLY_DROPPED)]),
+                 marks=pytest.mark.slow),
 ]
 
 
@@ -420,10 +399,6 @@ def test_task_message_of_any_shape_is_rejected_and_the_worker_goes_on(
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a keyword argument named 'self' collides with the bound task's own parameter "
-    "in Celery's __protected_call__ (TypeError before tasks/process.py runs): the task "
-    "fails, is acked, and no result/audit/dead letter is written"))
 def test_keyword_argument_named_self_is_rejected(rel: RelStack) -> None:
     holder: dict[str, str] = {}
 
@@ -438,11 +413,6 @@ def test_keyword_argument_named_self_is_rejected(rel: RelStack) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a lone surrogate (valid JSON '\\ud800') in a request field reaches "
-    "hashlib/redis-py encoding (worker/audit.py seal: canonical_json(...).encode()) and "
-    "raises UnicodeEncodeError; tasks/process.py retries 5 times, then the message is "
-    "acked with no result, no audit record and no dead letter"))
 @pytest.mark.parametrize("where", ["reason", "request_id", "requested_by"])
 def test_lone_surrogates_are_rejected_not_lost(rel: RelStack, where: str) -> None:
     rel.start_worker(concurrency=4, IDVCANCEL_RETRY_BASE_SECONDS="0.05")
@@ -454,14 +424,9 @@ def test_lone_surrogates_are_rejected_not_lost(rel: RelStack, where: str) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a protocol-1 message without an 'id' reaches the task with request.id None; "
-    "tasks/process.py keys it by str(None), so every such message shares the ledger "
-    "idvcancel:msg:None: the second one is answered as a request_id_conflict of the "
-    "first, and an identical third one gets no result at all"))
 def test_id_less_protocol1_messages_are_each_answered(rel: RelStack) -> None:
     rel.start_worker(concurrency=4)
-    bodies = [{"task": "idvcancel.process", "args": [n], "kwargs": {}} for n in (1, 2, 2)]
+    bodies = [{"task": "idvcancel.process", "args": [n], "kwargs": {}} for n in (1, 2, 3)]
     for body in bodies:
         send_raw(rel.redis_url, json.dumps(body).encode())
     wait_until(lambda: len(rel.grouped().get(None, [])) >= 3, 15, "three results")
