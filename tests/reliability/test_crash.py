@@ -97,11 +97,6 @@ def test_kill_9_while_the_call_is_in_flight_reads_the_cancel_back(rel: RelStack)
     rel.assert_chain_intact()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a timed-out call is treated as 'did not land'. The retry after a timeout "
-    "sends the cancel again instead of reading the status first (worker/pipeline.py "
-    "_transient never sets the ledger's 'recover' flag), so a cancel whose answer was "
-    "lost ends not_cancellable (400 on the second call) instead of cancelled"))
 def test_cancel_that_landed_but_whose_answer_was_lost_ends_cancelled(rel: RelStack) -> None:
     # Given the provider applies the cancel, then hangs past our HTTP timeout
     rel.start_worker(concurrency=4)
@@ -118,11 +113,6 @@ def test_cancel_that_landed_but_whose_answer_was_lost_ends_cancelled(rel: RelSta
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "weakness: kombu 5.7 sweeps for timed-out un-acked messages only every "
-    "unacked_restore_interval (10 s) x unacked_restore_throttle (10) = ~100 s; "
-    "config/celery.py sets neither, so a surviving worker takes a dead one's messages "
-    "over ~100 s after the visibility timeout instead of at it"))
 def test_survivor_takes_over_within_the_visibility_timeout(rel: RelStack) -> None:
     # Given two workers sharing a run of 150 requests
     doomed, _survivor = rel.start_workers(2, concurrency=8)
