@@ -6,7 +6,8 @@ Why each setting (see the README's "Delivery guarantees"):
   that dies mid-task leaves it un-acked and Redis hands it out again. The pipeline is
   idempotent (the ledger), which is what makes late acks safe.
 - ``task_reject_on_worker_lost``: with the prefork pool, a killed child re-queues its
-  message instead of acking it.
+  message instead of acking it. Our default pool is threads, where a crash takes the
+  whole process and this setting does nothing; it is kept for ``-P prefork`` deployments.
 - ``visibility_timeout``: how long an un-acked message waits before redelivery. Celery's
   one hour would make a crash recover in an hour; ours is minutes, and the settings
   refuse a retry cap that does not fit well inside it (kombu #337: an ETA held longer
@@ -14,8 +15,12 @@ Why each setting (see the README's "Delivery guarantees"):
 - ``worker_prefetch_multiplier``: the work is I/O-bound and short; a few messages per
   slot keep the threads busy without hoarding messages other workers could take.
 - ``worker_cancel_long_running_tasks_on_connection_loss``: late-ack tasks cannot be
-  acked over a lost connection and are redelivered; cancelling them avoids running the
-  same request twice in parallel (the default from Celery 6).
+  acked over a lost connection and are redelivered. With prefork, cancelling them avoids
+  running the same request twice in parallel (the default from Celery 6). The thread
+  pool cannot cancel a running thread (Celery logs a warning): there, only the
+  idempotency ledger's lease keeps the redelivered copy from calling the provider.
+- ``unacked_restore_interval`` / ``unacked_restore_throttle``: kombu 5.7 looks for
+  messages past the visibility timeout every 10 s x 10; we look every 2 s.
 """
 
 from __future__ import annotations
