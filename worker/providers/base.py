@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import abc
 import json
+import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, ClassVar, NoReturn
@@ -83,6 +85,37 @@ def json_body(response: httpx.Response) -> dict[str, Any]:
     except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
     return body if isinstance(body, dict) else {}
+
+
+#: "... status 'verified' ...", "... status: approved", "... is expired": a status a
+#: provider's error message names.
+_NAMED_STATUS = re.compile(r"\b(?:status|is)\s*:?\s+['\"]?([a-z_]+)")
+
+
+def blocking_status(body: Mapping[str, Any], message: str, rule: ActionRule,
+                    statuses: frozenset[str]) -> str | None:
+    """The status that made the action impossible, when the answer names one.
+
+    An explicit ``status`` field (top level, then inside ``error``) wins. Otherwise a
+    message naming exactly one known status from which the action is *not* allowed
+    gives it; a message that only names allowed statuses gives None.
+
+    Examples:
+        >>> from worker.providers.gu1 import RULES
+        >>> rule, known = RULES.actions["cancel"], RULES.statuses
+        >>> blocking_status({}, "invalid status: validation is approved", rule, known)
+        'approved'
+        >>> blocking_status({}, "only if status is pending", rule, known) is None
+        True
+    """
+    error = body.get("error")
+    for source in (body, error if isinstance(error, Mapping) else {}):
+        value = source.get("status")
+        if isinstance(value, str) and value in statuses:
+            return value
+    named = {w for w in _NAMED_STATUS.findall(message.lower()) if w in statuses}
+    named -= rule.allowed_from
+    return named.pop() if len(named) == 1 else None
 
 
 def short(text: object) -> str:

@@ -36,13 +36,19 @@ entity and metadata, which stay out of results and logs.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, NoReturn
 
 from worker.contract import CancelRequest, Outcome
-from worker.providers.base import ProviderAdapter, ProviderAnswer, join_url, json_body, short
+from worker.providers.base import (
+    ProviderAdapter,
+    ProviderAnswer,
+    blocking_status,
+    join_url,
+    json_body,
+    short,
+)
 from worker.providers.errors import NotCancellable, ProviderRejected
 from worker.rules import ActionRule, ProviderRules
 
@@ -72,7 +78,6 @@ RULES = ProviderRules(
 )
 
 #: "validation is approved", "status: expired", "in status 'rejected'".
-_NAMED_STATUS = re.compile(r"\b(?:status|is)\s*:?\s+['\"]?([a-z_]+)")
 
 
 def error_text(body: Mapping[str, Any]) -> tuple[str | None, str]:
@@ -96,24 +101,6 @@ def error_text(body: Mapping[str, Any]) -> tuple[str | None, str]:
 
 def _words(text: str) -> str:
     return text.lower().replace("_", " ").replace("-", " ")
-
-
-def final_status(body: Mapping[str, Any], message: str, rule: ActionRule) -> str | None:
-    """The status that blocked the cancel, when the answer names exactly one.
-
-    Examples:
-        >>> rule = RULES.actions["cancel"]
-        >>> final_status({}, "invalid status: validation is approved; only pending", rule)
-        'approved'
-        >>> final_status({}, "can only be cancelled if status is pending", rule) is None
-        True
-    """
-    status = body.get("status")
-    if isinstance(status, str) and status in STATUSES:
-        return status
-    named = {w for w in _NAMED_STATUS.findall(message.lower()) if w in STATUSES}
-    named -= rule.allowed_from
-    return named.pop() if len(named) == 1 else None
 
 
 class Gu1Adapter(ProviderAdapter):
@@ -162,7 +149,7 @@ class Gu1Adapter(ProviderAdapter):
             raise NotCancellable(
                 message or "the validation is not pending, in progress or in review",
                 http_status=400, code=code,
-                provider_status=final_status(body, message, rule),
+                provider_status=blocking_status(body, message, rule, STATUSES),
             )
         raise ProviderRejected(
             message or "gu1 refused the request (400)", http_status=400, code=code

@@ -42,7 +42,6 @@ answer      outcome
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -53,6 +52,7 @@ from worker.contract import CancelRequest, Outcome
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
+    blocking_status,
     join_url,
     json_body,
     parse_retry_after,
@@ -88,7 +88,6 @@ RULES = ProviderRules(
 STATE_ERROR_TYPES = frozenset({"validation_error", "idempotency_error", "conflict_error"})
 
 #: "in status 'verified'", "status is rejected", "verification is expired".
-_NAMED_STATUS = re.compile(r"\b(?:status|is)\s+['\"]?([a-z_]+)")
 
 
 def error_fields(body: Mapping[str, Any]) -> tuple[str | None, str, str | None]:
@@ -131,30 +130,6 @@ def retry_after(body: Mapping[str, Any], response: httpx.Response) -> float | No
     return parse_retry_after(response.headers.get("retry-after"))
 
 
-def final_status(body: Mapping[str, Any], message: str, rule: ActionRule) -> str | None:
-    """The status that made the action impossible, when the answer names one.
-
-    An explicit ``status`` field wins. Otherwise a message naming exactly one known status
-    from which the action is *not* allowed (``... in status 'verified' cannot be
-    cancelled``) gives it; a message that only names allowed statuses gives None.
-
-    Examples:
-        >>> rule = RULES.actions["cancel"]
-        >>> final_status({}, "Verification in status 'verified' cannot be cancelled", rule)
-        'verified'
-        >>> final_status({}, "Only verifications whose status is pending can be", rule) is None
-        True
-    """
-    error = body.get("error")
-    for source in (body, error if isinstance(error, Mapping) else {}):
-        value = source.get("status")
-        if isinstance(value, str) and value in STATUSES:
-            return value
-    named = {w for w in _NAMED_STATUS.findall(message.lower()) if w in STATUSES}
-    named -= rule.allowed_from
-    return named.pop() if len(named) == 1 else None
-
-
 class TxCloudAdapter(ProviderAdapter):
     rules = RULES
 
@@ -191,7 +166,7 @@ class TxCloudAdapter(ProviderAdapter):
                 raise NotCancellable(
                     message or "the verification is no longer pending",
                     http_status=status_code, code=code,
-                    provider_status=final_status(body, message, rule),
+                    provider_status=blocking_status(body, message, rule, STATUSES),
                 )
             raise ProviderRejected(
                 message or f"the provider refused the request ({status_code})",
