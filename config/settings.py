@@ -86,6 +86,16 @@ class Settings(BaseSettings):
     onespan_batch_window_ms: float = Field(50.0, ge=0, le=1000)
 
     @model_validator(mode="after")
+    def _lease_outlasts_a_call(self) -> Settings:
+        # A lease shorter than a call lets a redelivered copy take over while the first
+        # call is still on the wire.
+        if self.lease_seconds <= self.http_timeout_seconds:
+            raise ValueError(
+                f"IDVCANCEL_LEASE_SECONDS ({self.lease_seconds:g}) must exceed"
+                f" IDVCANCEL_HTTP_TIMEOUT_SECONDS ({self.http_timeout_seconds:g})")
+        return self
+
+    @model_validator(mode="after")
     def _countdowns_stay_below_visibility(self) -> Settings:
         # A countdown held in a worker's memory longer than the visibility timeout is
         # redelivered and run again (kombu #337): keep the whole wait well below it.

@@ -103,7 +103,7 @@ class Journal:
         while not step.done.is_set():
             if self._flush.acquire(blocking=False):
                 try:
-                    self._drain()
+                    self._drain(step)
                 finally:
                     self._flush.release()
             step.done.wait(0.002)
@@ -111,8 +111,10 @@ class Journal:
             raise step.error
         return step.result
 
-    def _drain(self) -> None:
-        while True:
+    def _drain(self, own: _Step) -> None:
+        # Until our own step is written, then hand over: a thread that kept writing for
+        # everyone would starve its own task (and could outlive its lease).
+        while not own.done.is_set():
             with self._queue_lock:
                 batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             if not batch:

@@ -254,7 +254,12 @@ class Pipeline:
             failed = GaveUp(f"gave up: {hold.reason} past the retry deadline",
                             code=hold.reason)
             return self._final(message, version, attempts, failed, [], log)
-        return self._wait(message, version, attempts, hold.seconds, hold.reason, None, [], log)
+        delay = hold.seconds
+        if hold.reason == "rate_limited":
+            # The limiter answers "the next slot", the same for every waiting request:
+            # spread them out, or a backlog comes back in step and only one gets through.
+            delay += random.uniform(0, self.settings.retry_cap_seconds)
+        return self._wait(message, version, attempts, delay, hold.reason, None, [], log)
 
     def _wait(self, message: Message, version: int, attempts: int, delay: float, reason: str,
               http_status: int | None, drafts: list[dict[str, Any]], log: Any,
