@@ -19,6 +19,7 @@ from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote
 
 import httpx
+from pydantic import SecretStr
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
@@ -214,6 +215,10 @@ class ProviderAdapter(abc.ABC):
         raise PermanentError(
             message or f"unexpected answer {status}", http_status=status, code="unexpected_status"
         )
+
+    def bearer(self, secret: SecretStr, setting: str) -> dict[str, str]:
+        """``Authorization: Bearer …`` from a secret setting (``unauthorized`` if unset)."""
+        return {"Authorization": f"Bearer {self.require(secret.get_secret_value(), setting)}"}
 
     def require(self, value: str, setting: str) -> str:
         """A credential's value, or ``unauthorized`` naming the setting when it is unset."""

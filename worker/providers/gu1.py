@@ -107,9 +107,7 @@ class Gu1Adapter(ProviderAdapter):
     rules = RULES
 
     def _auth(self) -> dict[str, str]:
-        secret = self.settings.gu1_api_key.get_secret_value()
-        key = self.require(secret, "IDVCANCEL_GU1_API_KEY")
-        return {"Authorization": f"Bearer {key}"}
+        return self.bearer(self.settings.gu1_api_key, "IDVCANCEL_GU1_API_KEY")
 
     def _url(self, *segments: str) -> str:
         return join_url(self.settings.gu1_base_url, "api/kyc/validations", *segments)

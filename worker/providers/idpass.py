@@ -41,9 +41,7 @@ class IdPassAdapter(ProviderAdapter):
     rules = RULES
 
     def _auth(self) -> dict[str, str]:
-        secret = self.settings.idpass_token.get_secret_value()
-        token = self.require(secret, "IDVCANCEL_IDPASS_TOKEN")
-        return {"Authorization": f"Bearer {token}"}
+        return self.bearer(self.settings.idpass_token, "IDVCANCEL_IDPASS_TOKEN")
 
     def execute(self, request: CancelRequest, rule: ActionRule) -> ProviderAnswer:
         url = join_url(self.settings.idpass_base_url, "idpass/cancel")

@@ -224,7 +224,7 @@ def mark_for_erasure(
         raise ValueError(f"mark-for-erasure takes 1 to {MAX_ERASURE_BATCH} ids; got {len(unique)}")
     if grace_period < 0:
         raise ValueError("grace_period must be >= 0")
-    headers = {**adapter.bearer(), "X-Tenant": adapter.tenant()}
+    headers = {**adapter.auth(), "X-Tenant": adapter.tenant()}
     url = join_url(adapter.settings.onespan_base_url, "api/transactions/mark-for-erasure")
     response = adapter.send(
         "POST", url, json={"grace_period": grace_period, "transaction_ids": unique},
@@ -257,10 +257,8 @@ class OneSpanAdapter(ProviderAdapter):
             timeout=4 * settings.http_timeout_seconds + 1,
         )
 
-    def bearer(self) -> dict[str, str]:
-        secret = self.settings.onespan_token.get_secret_value()
-        token = self.require(secret, "IDVCANCEL_ONESPAN_TOKEN")
-        return {"Authorization": f"Bearer {token}"}
+    def auth(self) -> dict[str, str]:
+        return self.bearer(self.settings.onespan_token, "IDVCANCEL_ONESPAN_TOKEN")
 
     def tenant(self) -> str:
         return self.require(self.settings.onespan_tenant.strip(), TENANT_SETTING)
@@ -283,7 +281,7 @@ class OneSpanAdapter(ProviderAdapter):
         url = join_url(self.settings.onespan_base_url, "api/transaction", request.reference,
                        "event")
         response = self.send("PUT", url, json={"trigger": "transaction_cancelled"},
-                             headers=self.bearer())
+                             headers=self.auth())
         body = json_body(response)
         if response.status_code == 200:
             status = body.get("status")
@@ -303,7 +301,7 @@ class OneSpanAdapter(ProviderAdapter):
 
     def _erase(self, request: CancelRequest, options: DeleteOptions) -> ProviderAnswer:
         # Missing credentials end the request at once, rather than after a batch window.
-        self.bearer()
+        self.auth()
         self.tenant()
         try:
             return self.erasures.submit(options.grace_period, request.reference)
@@ -322,7 +320,7 @@ class OneSpanAdapter(ProviderAdapter):
 
     def read_status(self, request: CancelRequest) -> str | None:
         url = join_url(self.settings.onespan_base_url, "api/transaction", request.reference)
-        response = self.send("GET", url, headers=self.bearer())
+        response = self.send("GET", url, headers=self.auth())
         if response.status_code == 200:
             status = json_body(response).get("status")
             return str(status) if status else None

@@ -134,9 +134,7 @@ class TxCloudAdapter(ProviderAdapter):
     rules = RULES
 
     def _auth(self) -> dict[str, str]:
-        secret = self.settings.txcloud_api_key.get_secret_value()
-        key = self.require(secret, "IDVCANCEL_TXCLOUD_API_KEY")
-        return {"Authorization": f"Bearer {key}"}
+        return self.bearer(self.settings.txcloud_api_key, "IDVCANCEL_TXCLOUD_API_KEY")
 
     def _url(self, *segments: str) -> str:
         return join_url(self.settings.txcloud_base_url, "identity/verifications", *segments)
