@@ -15,11 +15,11 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, NoReturn
+from typing import Any, ClassVar, NoReturn, TypeVar
 from urllib.parse import quote
 
 import httpx
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
@@ -33,7 +33,9 @@ from worker.providers.errors import (
     RateLimited,
     Unauthorized,
 )
-from worker.rules import ActionRule, ProviderRules
+from worker.rules import ActionRule, ProviderRules, RuleViolation
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 #: Longest provider error text we keep; provider bodies can echo personal data, so we
 #: only ever copy named error fields, and cut them short.
@@ -117,6 +119,21 @@ def blocking_status(body: Mapping[str, Any], message: str, rule: ActionRule,
     named = {w for w in _NAMED_STATUS.findall(message.lower()) if w in statuses}
     named -= rule.allowed_from
     return named.pop() if len(named) == 1 else None
+
+
+def validate_options(model: type[OptionsT], options: Mapping[str, Any], what: str
+                     ) -> OptionsT:
+    """``options`` as ``model``, or ``RuleViolation("invalid_options")`` naming each field
+    (``what`` says whose options: "Jumio", "OneSpan delete")."""
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"options.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise RuleViolation("invalid_options",
+                            short(f"invalid {what} options: {problems}")) from None
 
 
 def short(text: object) -> str:

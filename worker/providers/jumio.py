@@ -38,11 +38,18 @@ import base64
 from typing import Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.providers.base import ProviderAdapter, ProviderAnswer, join_url, json_body, short
+from worker.providers.base import (
+    ProviderAdapter,
+    ProviderAnswer,
+    join_url,
+    json_body,
+    short,
+    validate_options,
+)
 from worker.providers.errors import ProviderRejected
 from worker.rules import ActionRule, ProviderRules, RuleViolation
 
@@ -102,15 +109,7 @@ def parse_options(request: CancelRequest) -> JumioOptions:
         ...
         worker.rules.RuleViolation: invalid Jumio options: options.region: Input should be ...
     """
-    try:
-        return JumioOptions.model_validate(request.options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
-        message = short(f"invalid Jumio options: {problems}")
-        raise RuleViolation("invalid_options", message) from None
+    return validate_options(JumioOptions, request.options, "Jumio")
 
 
 def base_url(settings: Settings, options: JumioOptions) -> str:

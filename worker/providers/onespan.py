@@ -51,12 +51,19 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from config.settings import Settings
 from worker.batching import BatchError, Coalescer
 from worker.contract import CancelRequest, Outcome
-from worker.providers.base import ProviderAdapter, ProviderAnswer, join_url, json_body, short
+from worker.providers.base import (
+    ProviderAdapter,
+    ProviderAnswer,
+    join_url,
+    json_body,
+    short,
+    validate_options,
+)
 from worker.providers.errors import (
     NotCancellable,
     NotFound,
@@ -132,15 +139,7 @@ def parse_options(request: CancelRequest) -> CancelOptions | DeleteOptions:
     model: type[CancelOptions | DeleteOptions] = (
         DeleteOptions if request.action == "delete" else CancelOptions
     )
-    try:
-        return model.model_validate(request.options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
-        message = short(f"invalid OneSpan {request.action} options: {problems}")
-        raise RuleViolation("invalid_options", message) from None
+    return validate_options(model, request.options, f"OneSpan {request.action}")
 
 
 def error_message(response: httpx.Response) -> str:
