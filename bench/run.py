@@ -101,16 +101,19 @@ def drain_rate(client: redis.Redis, done: Any, n: int, procs: list[WorkerProcess
     return n / (time.perf_counter() - start)
 
 
+def _send_raw(url: str, task: str, n: int) -> None:
+    """``n`` messages for ``task`` through Celery's own producer (not ``submit_many``)."""
+    producer = Producer(url)
+    with producer.app.producer_or_acquire() as pub:
+        for req in requests(n):
+            producer.app.send_task(task, args=[req], queue="idvcancel", producer=pub)
+
+
 def bench_baseline(n: int) -> float:
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url)
-        producer = Producer(server.url)
-        with producer.app.producer_or_acquire() as pub:
-            for req in requests(n):
-                producer.app.send_task("bench.noop", args=[req], queue="idvcancel",
-                                       producer=pub)
-        env = env_for(server.url, None)
-        procs = start_workers(env, app="bench.noop_app")
+        _send_raw(server.url, "bench.noop", n)
+        procs = start_workers(env_for(server.url, None), app="bench.noop_app")
 
         def done() -> int:
             return n - int(client.llen("idvcancel")) - int(client.hlen("unacked"))
@@ -118,6 +121,22 @@ def bench_baseline(n: int) -> float:
         for proc in procs:
             proc.stop()
         return rate
+
+
+def bench_floor(n: int) -> float:
+    """``bench.floor_app``: claim, one raw HTTP call, record; nothing else."""
+    sim = Simulator(0)
+    try:
+        with RedisServer() as server:
+            client = redis.Redis.from_url(server.url)
+            _send_raw(server.url, "bench.floor", n)
+            procs = start_workers(env_for(server.url, sim), app="bench.floor_app")
+            rate = drain_rate(client, lambda: int(client.xlen("idvcancel:results")), n, procs)
+            for proc in procs:
+                proc.stop()
+            return rate
+    finally:
+        sim.stop()
 
 
 def bench_pipeline(n: int, latency_ms: float) -> tuple[float, dict[str, float]]:
@@ -261,7 +280,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--only", default="",
-                        help="comma list: baseline,pipeline,latency100,submit,sweep,"
+                        help="comma list: baseline,pipeline,floor,latency100,submit,sweep,"
                              "retention,latency")
     args = parser.parse_args()
     n = 2000 if args.quick else 10000
@@ -281,6 +300,11 @@ def main() -> None:
               f"ratio {pipe / base:.2f} (target >= 0.8)")
         for name, value in memory.items():
             print(f"(6) {name}: {value:,.1f}")
+    if want("floor"):
+        base = results.get("baseline") or bench_baseline(n)
+        floor = bench_floor(n)
+        print(f"(1) floor (claim + raw HTTP call + record, nothing else): {floor:8.0f}/s = "
+              f"{floor / base:.2f} of the no-op: the best ratio any implementation could reach")
     if want("latency100"):
         slow, _ = bench_pipeline(n, 100)
         zero = results.get("pipeline") or bench_pipeline(n, 0)[0]

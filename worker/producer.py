@@ -27,7 +27,7 @@ from worker.contract import QUEUE, TASK_NAME, CancelRequest
 from worker.intake import describe
 from worker.security import configure_signing
 
-#: Messages buffered in one Redis pipeline by ``submit_many`` before it is flushed.
+#: Messages sent in one Redis command (one multi-value LPUSH) by ``submit_many``.
 BATCH_SIZE = 500
 
 
@@ -127,7 +127,7 @@ class Producer:
         on_sent: Callable[[int], None] | None = None,
     ) -> list[str]:
         """Validate every request first (nothing is sent if one is invalid), then
-        enqueue them over one connection, ``batch_size`` messages per Redis pipeline.
+        enqueue them over one connection, ``batch_size`` messages per Redis round trip.
 
         Parameters:
             requests: mappings or ``CancelRequest`` objects.
@@ -136,9 +136,10 @@ class Producer:
                 message in its own round trip).
             on_sent: called with the number of messages just written, after each batch.
 
-        If Redis fails mid-way, kombu raises ``BatchPublishError`` ("delivery is
-        uncertain"): submitting the same requests again is safe, because a request id is
-        carried out once (a second copy only adds a ``duplicate`` audit record).
+        If Redis fails mid-way the call raises (``redis.ConnectionError``; kombu's
+        ``BatchPublishError`` when messages are signed) and the chunks before it are
+        already queued: submitting the same requests again is safe, because a request
+        id is carried out once (a second copy only adds a ``duplicate`` audit record).
 
         Examples:
             >>> producer.submit_many(requests, on_sent=bar.update)  # doctest: +SKIP
@@ -153,12 +154,14 @@ class Producer:
 
     def _push(self, valid: Sequence[CancelRequest], batch_size: int,
               on_sent: Callable[[int], None] | None) -> None:
-        """The protocol-2 entries (``worker.wire``), one pipelined LPUSH per chunk."""
+        """The protocol-2 entries (``worker.wire``), one multi-value LPUSH per chunk.
+
+        ``LPUSH q a b c`` inserts a, then b, then c at the head: the same order as three
+        single pushes, with one reply to parse instead of one per message, and a chunk
+        is on the queue whole or not at all.
+        """
         for chunk in _chunks(valid, batch_size):
-            with self.redis.pipeline(transaction=False) as pipe:
-                for request in chunk:
-                    pipe.lpush(QUEUE, wire.encode(request.model_dump(mode="json")))
-                pipe.execute()
+            self.redis.lpush(QUEUE, *(wire.encode(r.model_dump(mode="json")) for r in chunk))
             if on_sent is not None:
                 on_sent(len(chunk))
 

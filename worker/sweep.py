@@ -26,6 +26,7 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,7 +46,6 @@ from worker.tracking import (
     Sender,
     SessionRecord,
     cancel_action,
-    pairs,
     provider_rules,
     release,
     request_id_for,
@@ -279,8 +279,9 @@ def _claim(client: redis.Redis, window: _Window, now: float, limit: int
         args=[f"{now:.3f}", window.due_before, str(limit), f"{window.reclaim_before:.3f}",
               keys.track_session_prefix(window.provider)],
     )
-    return [(SessionRecord.from_fields(window.provider, text(entry[0]), pairs(entry[2:])),
-             text(entry[1]) == "stale") for entry in reply]
+    entries = json.loads(text(reply))
+    return [(SessionRecord.from_fields(window.provider, entry["ref"], entry["fields"]),
+             entry["kind"] == "stale") for entry in entries or []]
 
 
 def _sweep_provider(client: redis.Redis, settings: Settings, sender: Sender,

@@ -92,27 +92,21 @@ def test_submit_sends_a_protocol_2_message_to_queue_idvcancel(
 def test_submit_many_sends_in_batches_and_reports_progress(
         producer: Producer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Given the producer's Redis pipelines are watched
-    executed: list[int] = []
-    make_pipeline = producer.redis.pipeline
+    # Given the producer's Redis commands are watched
+    pushes: list[int] = []
+    lpush = producer.redis.lpush
 
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        pipe = make_pipeline(*args, **kwargs)
-        execute = pipe.execute
+    def watched(name: str, *values: Any) -> Any:
+        pushes.append(len(values))
+        return lpush(name, *values)
 
-        def counted() -> Any:
-            executed.append(len(pipe.command_stack))
-            return execute()
-        pipe.execute = counted  # type: ignore[method-assign]
-        return pipe
-
-    monkeypatch.setattr(producer.redis, "pipeline", watched)
+    monkeypatch.setattr(producer.redis, "lpush", watched)
     sent: list[int] = []
     # When 25 requests are submitted 10 at a time
     ids = producer.submit_many([request(n) for n in range(25)], batch_size=10,
                                on_sent=sent.append)
-    # Then three pipelined round trips went out, in order, and progress followed them
-    assert executed == [10, 10, 5] and sent == [10, 10, 5]
+    # Then three multi-value pushes went out, in order, and progress followed them
+    assert pushes == [10, 10, 5] and sent == [10, 10, 5]
     assert ids == [f"r-{n}" for n in range(25)]
     bodies = [json.loads(base64.b64decode(m["body"])) for m in queued(redis_client)]
     assert [b[0][0]["request_id"] for b in bodies] == ids

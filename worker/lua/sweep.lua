@@ -24,9 +24,11 @@ ARGV[3]  most members to claim in this call
 ARGV[4]  reclaim bound: claims made at or before it are stale and handed out again
 ARGV[5]  session hash prefix  idvcancel:track:session:<p>:
 
-Returns a list of claims, each {reference, "stale" | "due", field, value, ...}: the
-session hash after the claim (no fields when the hash is gone). Stale claims come first,
-then due sessions, oldest activity first.
+Returns one JSON string: a list of claims, each {"ref": reference, "kind": "stale" |
+"due", "fields": {field: value, ...}} with the session hash after the claim (no fields
+when the hash is gone); an empty list encodes as "{}". Stale claims come first, then due
+sessions, oldest activity first. One string, not nested arrays: for 10,000 claims Python
+parses it in one json.loads instead of ~300,000 protocol elements.
 ]]
 local now = ARGV[1]
 local limit = tonumber(ARGV[3])
@@ -37,15 +39,14 @@ local claims = {}
 local wanted = {'application_id', 'status', 'last_activity', 'options', 'state', 'claim',
                 'superseded_by'}
 local function claim_reply(ref, kind, key)
-  local reply = {ref, kind}
+  local fields = {}
   local values = redis.call('HMGET', key, unpack(wanted))
   for i, name in ipairs(wanted) do
     if values[i] then
-      reply[#reply + 1] = name
-      reply[#reply + 1] = values[i]
+      fields[name] = values[i]
     end
   end
-  return reply
+  return {ref = ref, kind = kind, fields = fields}
 end
 
 local stale = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[4], 'LIMIT', 0, limit)
@@ -75,4 +76,4 @@ if room > 0 then
     claims[#claims + 1] = claim_reply(ref, 'due', key)
   end
 end
-return claims
+return cjson.encode(claims)

@@ -33,6 +33,7 @@ from worker.providers.errors import (
     RateLimited,
     Unauthorized,
 )
+from worker.providers.transport import PooledTransport
 from worker.rules import ActionRule, ProviderRules, RuleViolation
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -153,11 +154,11 @@ class ProviderAdapter(abc.ABC):
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
         # One pooled client per provider and process, shared by all threads: keep-alive
-        # connections instead of a TCP (and TLS) handshake per request.
+        # connections instead of a TCP (and TLS) handshake per request, through a lean
+        # transport (worker.providers.transport says why).
         self.client = httpx.Client(
             timeout=settings.http_timeout_seconds,
-            transport=transport,
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            transport=transport or PooledTransport(),
             headers=self.default_headers(),
         )
 

@@ -1,0 +1,177 @@
+"""The lean transport (worker.providers.transport) against a real HTTP server on
+loopback: keep-alive, connections the server closed, timeouts, refusals, gzip."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+
+from config.settings import Settings
+from worker.contract import CancelRequest
+from worker.providers import errors
+from worker.providers.idpass import RULES, IdPassAdapter
+from worker.providers.transport import PooledTransport
+
+
+class Recorder(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.seen: list[tuple[str, str, dict[str, str], bytes]] = []
+        self.connections = 0
+        self.delay = 0.0
+        self.close_after_answer = False
+        self.gzip = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up are part of these tests."""
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    @property
+    def recorder(self) -> Recorder:
+        assert isinstance(self.server, Recorder)
+        return self.server
+
+    def setup(self) -> None:
+        super().setup()
+        self.recorder.connections += 1
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet."""
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.recorder.seen.append((self.command, self.path, dict(self.headers), body))
+        time.sleep(self.recorder.delay)
+        payload = json.dumps({"status": "cancelled", "fee_refunded": True}).encode()
+        if self.recorder.gzip:
+            payload = gzip.compress(payload)
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        if self.recorder.gzip:
+            self.send_header("Content-Encoding", "gzip")
+        if self.recorder.close_after_answer:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.fixture
+def server() -> Iterator[Recorder]:
+    recorder = Recorder()
+    thread = threading.Thread(target=recorder.serve_forever, daemon=True)
+    thread.start()
+    yield recorder
+    recorder.shutdown()
+    recorder.server_close()
+
+
+def url(server: Recorder, path: str = "/idpass/cancel") -> str:
+    return f"http://127.0.0.1:{server.server_address[1]}{path}"
+
+
+def test_calls_reuse_one_kept_alive_connection(server: Recorder) -> None:
+    # Given a client on the pooled transport
+    client = httpx.Client(transport=PooledTransport())
+    # When it makes five calls one after the other
+    answers = [client.post(url(server), json={"id": n}).json() for n in range(5)]
+    # Then the server saw five requests, with their bodies, over one connection
+    assert [json.loads(body)["id"] for _, _, _, body in server.seen] == list(range(5))
+    assert server.connections == 1
+    assert answers[0] == {"status": "cancelled", "fee_refunded": True}
+
+
+def test_a_connection_the_server_closed_is_not_reused_and_nothing_is_sent_twice(
+        server: Recorder) -> None:
+    # Given a server that closes each connection after answering
+    server.close_after_answer = True
+    client = httpx.Client(transport=PooledTransport())
+    # When three calls are made
+    for n in range(3):
+        assert client.post(url(server), json={"id": n}).status_code == 200
+    # Then each went out exactly once, on a fresh connection
+    assert [json.loads(body)["id"] for _, _, _, body in server.seen] == [0, 1, 2]
+    assert server.connections == 3
+
+
+def test_idle_connection_closed_by_the_server_is_dropped_before_reuse(server: Recorder,
+                                                                      ) -> None:
+    # Given a kept-alive connection the server then shuts down while it is idle
+    transport = PooledTransport()
+    client = httpx.Client(transport=transport)
+    client.post(url(server), json={"id": 0})
+    for idle in transport._idle.values():
+        for conn in idle:
+            assert conn.sock is not None
+            conn.sock.shutdown(socket.SHUT_RD)  # what a server's FIN looks like to select
+    # When the next call is made
+    answer = client.post(url(server), json={"id": 1})
+    # Then it succeeds on a new connection and the server saw it once
+    assert answer.status_code == 200
+    assert [json.loads(body)["id"] for _, _, _, body in server.seen] == [0, 1]
+
+
+def test_headers_and_method_reach_the_server_as_httpx_builds_them(server: Recorder) -> None:
+    client = httpx.Client(transport=PooledTransport(), headers={"User-Agent": "Acme/1.0"})
+    client.post(url(server, "/idpass/cancel?x=a%2Fb"), json={"id": "r"},
+                headers={"Authorization": "Bearer t"})
+    method, path, headers, body = server.seen[0]
+    assert (method, path, body) == ("POST", "/idpass/cancel?x=a%2Fb", b'{"id":"r"}')
+    assert headers["Authorization"] == "Bearer t" and headers["User-Agent"] == "Acme/1.0"
+    assert headers["Content-Type"] == "application/json"
+
+
+def test_gzip_answers_are_decoded(server: Recorder) -> None:
+    server.gzip = True
+    client = httpx.Client(transport=PooledTransport())
+    assert client.post(url(server), json={}).json()["status"] == "cancelled"
+
+
+def adapter_for(server_url: str, timeout: float = 5.0) -> IdPassAdapter:
+    return IdPassAdapter(Settings(idpass_base_url=server_url, idpass_token="tok",
+                                  http_timeout_seconds=timeout))
+
+
+def request() -> CancelRequest:
+    return CancelRequest(request_id="r-1", provider="idpass", action="cancel",
+                         reference="2f2c1a8e-4a4b-4c1e-9f1a-3b2c1d0e9f8a",
+                         requested_by="tests")
+
+
+def test_adapter_on_the_default_transport_cancels(server: Recorder) -> None:
+    # Given an ID Pass adapter built without a test transport (the production default)
+    adapter = adapter_for(url(server, ""))
+    # When it cancels
+    answer = adapter.execute(request(), RULES.actions["cancel"])
+    # Then the server received the documented call and the answer was read
+    assert answer.provider_status == "cancelled" and answer.fee_refunded is True
+    assert server.seen[0][1] == "/idpass/cancel"
+
+
+def test_a_slow_answer_is_a_provider_timeout(server: Recorder) -> None:
+    server.delay = 1.0
+    with pytest.raises(errors.ProviderTimeout):
+        adapter_for(url(server, ""), timeout=0.2).execute(request(), RULES.actions["cancel"])
+
+
+def test_a_refused_connection_is_unreachable() -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(errors.ProviderUnreachable):
+        adapter_for(f"http://127.0.0.1:{port}").execute(request(), RULES.actions["cancel"])
