@@ -61,6 +61,7 @@ class Handler(BaseHTTPRequestHandler):
             payload = gzip.compress(payload)
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
+        self.send_header("Set-Cookie", "session=abc; Path=/")
         self.send_header("Content-Length", str(len(payload)))
         if self.recorder.gzip:
             self.send_header("Content-Encoding", "gzip")
@@ -161,6 +162,17 @@ def test_adapter_on_the_default_transport_cancels(server: Recorder) -> None:
     # Then the server received the documented call and the answer was read
     assert answer.provider_status == "cancelled" and answer.fee_refunded is True
     assert server.seen[0][1] == "/idpass/cancel"
+
+
+def test_adapter_names_itself_and_carries_no_cookie_between_calls(server: Recorder) -> None:
+    # Given an adapter whose first call was answered with a Set-Cookie
+    adapter = adapter_for(url(server, ""))
+    adapter.execute(request(), RULES.actions["cancel"])
+    # When it calls again (another session's request, in production)
+    adapter.execute(request(), RULES.actions["cancel"])
+    # Then the second call carried no cookie, and both named idv-cancel as the agent
+    assert "Cookie" not in server.seen[1][2]
+    assert {seen[2]["User-Agent"] for seen in server.seen} == {"idv-cancel/1.0"}
 
 
 def test_a_slow_answer_is_a_provider_timeout(server: Recorder) -> None:

@@ -38,6 +38,9 @@ from worker.rules import ActionRule, ProviderRules, RuleViolation
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
+#: Sent unless an adapter names its own (Jumio must: it refuses library defaults).
+USER_AGENT = "idv-cancel/1.0"
+
 #: Longest provider error text we keep; provider bodies can echo personal data, so we
 #: only ever copy named error fields, and cut them short.
 MAX_ERROR_TEXT = 200
@@ -153,14 +156,14 @@ class ProviderAdapter(abc.ABC):
 
     def __init__(self, settings: Settings, transport: httpx.BaseTransport | None = None) -> None:
         self.settings = settings
-        # One pooled client per provider and process, shared by all threads: keep-alive
-        # connections instead of a TCP (and TLS) handshake per request, through a lean
-        # transport (worker.providers.transport says why).
-        self.client = httpx.Client(
-            timeout=settings.http_timeout_seconds,
-            transport=transport or PooledTransport(),
-            headers=self.default_headers(),
-        )
+        # One transport per provider and process, shared by all threads: kept-alive
+        # connections instead of a TCP (and TLS) handshake per request. Requests go to
+        # it straight, without ``httpx.Client``: its cookie jar, redirect and auth
+        # handling cost more CPU than the call itself and none of it is wanted here (a
+        # cookie from one session's answer must not ride along on the next session's).
+        self.transport = transport or PooledTransport()
+        self._timeout = httpx.Timeout(settings.http_timeout_seconds).as_dict()
+        self._base_headers = {"User-Agent": USER_AGENT, **self.default_headers()}
 
     def default_headers(self) -> dict[str, str]:
         return {"Accept": "application/json"}
@@ -181,12 +184,19 @@ class ProviderAdapter(abc.ABC):
         return None
 
     def close(self) -> None:
-        self.client.close()
+        self.transport.close()
 
-    def send(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
-        """Send one request; connection trouble and timeouts become transient errors."""
+    def send(self, method: str, url: str, *, json: Any = None,
+             headers: Mapping[str, str] | None = None) -> httpx.Response:
+        """Send one request (``json`` as its body), read the whole answer; connection
+        trouble and timeouts become transient errors. Redirects are not followed."""
+        request = httpx.Request(method, url, json=json,
+                                headers={**self._base_headers, **(headers or {})},
+                                extensions={"timeout": self._timeout})
         try:
-            return self.client.request(method, url, **kwargs)
+            response = self.transport.handle_request(request)
+            response.read()
+            return response
         except httpx.TimeoutException as exc:
             raise ProviderTimeout(
                 f"{self.rules.provider} did not answer within"

@@ -3,8 +3,8 @@
 ``DELETE {base}/api/kyc/validations/{id}/cancel`` **with a JSON body**
 ``{"reason": "<at least 5 characters>"}`` and ``Authorization: Bearer
 <IDVCANCEL_GU1_API_KEY>``; ``GET {base}/api/kyc/validations/{id}`` reads a validation
-back. A DELETE with a body is unusual: httpx sends it only through
-``client.request("DELETE", url, json=...)`` (``client.delete`` takes no body).
+back. A DELETE with a body is unusual (httpx's ``client.delete`` takes no body): ours
+goes out through ``ProviderAdapter.send("DELETE", url, json=...)``.
 
 The reason is required: ``check`` refuses a request whose reason is shorter than five
 characters after trimming, before any call, and we send it trimmed. gu1 keeps it in the
