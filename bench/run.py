@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/run.py            # full run (a few minutes)
     .venv/bin/python bench/run.py --quick    # smaller counts, for a smoke check
+    .venv/bin/python bench/run.py --only throughput --repeat 5
 
 Starts its own Redis, the simulator (in its own process) and real worker processes;
 prints each figure with its target. Not a test: numbers vary with the machine.
@@ -276,12 +277,40 @@ def bench_retention(n: int) -> tuple[float, float]:
         sim.stop()
 
 
+def throughput_rounds(n: int, repeat: int) -> dict[str, Any]:
+    """(1), the floor and (2), measured ``repeat`` times in interleaved rounds.
+
+    On a shared machine the CPU on offer drifts between runs; a ratio taken within one
+    round (the four runs back to back) is far steadier than one across rounds, so each
+    ratio is the median of the per-round ratios.
+    """
+    rows: list[dict[str, float]] = []
+    memory: dict[str, float] = {}
+    for index in range(repeat):
+        base = bench_baseline(n)
+        pipe, memory = bench_pipeline(n, 0)
+        floor = bench_floor(n)
+        slow, _ = bench_pipeline(n, 100)
+        rows.append({"baseline": base, "pipeline": pipe, "floor": floor, "slow": slow})
+        print(f"    round {index + 1}: no-op {base:.0f}/s, pipeline {pipe:.0f}/s, floor "
+              f"{floor:.0f}/s, pipeline @100 ms {slow:.0f}/s", flush=True)
+
+    def median(key: str, over: str | None = None) -> float:
+        return statistics.median(r[key] / (r[over] if over else 1.0) for r in rows)
+    return {"baseline": median("baseline"), "pipeline": median("pipeline"),
+            "floor": median("floor"), "slow": median("slow"),
+            "ratio": median("pipeline", "baseline"), "floor_ratio": median("floor", "baseline"),
+            "hidden": median("slow", "pipeline"), "memory": memory}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="rounds of (1), the floor and (2); medians are printed")
     parser.add_argument("--only", default="",
-                        help="comma list: baseline,pipeline,floor,latency100,submit,sweep,"
-                             "retention,latency")
+                        help="comma list: throughput (1, floor, 2),submit,sweep,retention,"
+                             "latency")
     args = parser.parse_args()
     n = 2000 if args.quick else 10000
     only = set(filter(None, args.only.split(",")))
@@ -290,25 +319,18 @@ def main() -> None:
         return not only or name in only
 
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
-          f"{platform.python_version()}; workers {WORKERS} x {CONCURRENCY} threads")
+          f"{platform.python_version()}; workers {WORKERS} x {CONCURRENCY} threads", flush=True)
     results: dict[str, Any] = {}
-    if want("baseline") or want("pipeline"):
-        base = bench_baseline(n)
-        pipe, memory = bench_pipeline(n, 0)
-        results.update(baseline=base, pipeline=pipe, memory=memory)
-        print(f"(1) bare Celery no-op: {base:8.0f}/s   pipeline @0 ms: {pipe:8.0f}/s   "
-              f"ratio {pipe / base:.2f} (target >= 0.8)")
-        for name, value in memory.items():
+    if want("throughput"):
+        results = throughput_rounds(n, args.repeat)
+        print(f"(1) bare Celery no-op: {results['baseline']:8.0f}/s   pipeline @0 ms: "
+              f"{results['pipeline']:8.0f}/s   ratio {results['ratio']:.2f} (target >= 0.8)")
+        print(f"(1) floor (claim + raw HTTP call + record, nothing else): "
+              f"{results['floor']:8.0f}/s = {results['floor_ratio']:.2f} of the no-op")
+        print(f"(2) pipeline @100 ms: {results['slow']:8.0f}/s = {results['hidden']:.2f} of "
+              f"@0 ms (target >= 0.9)")
+        for name, value in results["memory"].items():
             print(f"(6) {name}: {value:,.1f}")
-    if want("floor"):
-        base = results.get("baseline") or bench_baseline(n)
-        floor = bench_floor(n)
-        print(f"(1) floor (claim + raw HTTP call + record, nothing else): {floor:8.0f}/s = "
-              f"{floor / base:.2f} of the no-op: the best ratio any implementation could reach")
-    if want("latency100"):
-        slow, _ = bench_pipeline(n, 100)
-        zero = results.get("pipeline") or bench_pipeline(n, 0)[0]
-        print(f"(2) pipeline @100 ms: {slow:8.0f}/s = {slow / zero:.2f} of @0 ms (target >= 0.9)")
     if want("submit"):
         bulk, one = bench_submit(n * 2)
         print(f"(3) submit_many: {bulk:8.0f}/s   submit: {one:8.0f}/s (target >= 5,000/s bulk)")
