@@ -83,7 +83,10 @@ class PooledTransport(httpx.BaseTransport):
             content = answer.read()
         except BaseException as exc:
             conn.close()
-            raise _translate(exc, request, connected=connected) from exc
+            translated = _translate(exc, request, connected=connected)
+            if translated is exc:
+                raise
+            raise translated from exc
         if answer.will_close:
             conn.close()
         else:
