@@ -286,7 +286,7 @@ def throughput_rounds(n: int, repeat: int) -> dict[str, Any]:
     """
     rows: list[dict[str, float]] = []
     memory: dict[str, float] = {}
-    for index in range(repeat):
+    for index in range(max(repeat, 1)):
         base = bench_baseline(n)
         pipe, memory = bench_pipeline(n, 0)
         floor = bench_floor(n)

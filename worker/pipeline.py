@@ -31,7 +31,6 @@ from worker.providers.base import ProviderAdapter, ProviderAnswer
 from worker.providers.errors import (
     PermanentError,
     ProviderError,
-    ProviderTimeout,
     TransientError,
 )
 from worker.retry import RetryPolicy
@@ -297,7 +296,7 @@ class Pipeline:
                             http_status=exc.http_status)
             return self._final(message, version, attempt, failed, [attempt_record], log)
         # The call may have landed although no answer came: read before calling again.
-        maybe_landed = isinstance(exc, ProviderTimeout) or exc.http_status in (502, 504)
+        maybe_landed = exc.may_have_landed or exc.http_status in (502, 504)
         return self._wait(message, version, attempt, delay, exc.code, exc.http_status,
                           [attempt_record], log, recover=maybe_landed)
 

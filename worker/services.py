@@ -31,7 +31,7 @@ def redis_client(url: str) -> redis.Redis:
 
 
 def pipeline() -> Pipeline:
-    """This process's pipeline (one Redis pool, one HTTP client per provider)."""
+    """This process's pipeline (one Redis pool, one HTTP transport per provider)."""
     global _pipeline  # noqa: PLW0603 - a process-wide singleton, built lazily after fork
     with _lock:
         if _pipeline is None:

@@ -182,6 +182,31 @@ def test_crash_before_the_call_landed_calls_once_more(setup: Setup,
     assert "recovery" in steps(fake_redis)
 
 
+def test_an_answer_lost_after_the_call_landed_is_read_not_called_again(
+        setup: Setup, fake_redis: fakeredis.FakeRedis) -> None:
+    # Given a provider that carries the cancel out, then the connection breaks
+    pipeline, provider, clock = setup()
+
+    def lands_then_breaks(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/cancel"):
+            provider.cancels += 1
+            provider.status = "cancelled"
+            raise httpx.ReadError("connection reset by peer", request=request)
+        return provider(request)
+
+    adapter = IdPassAdapter(pipeline.settings, transport=httpx.MockTransport(lands_then_breaks))
+    pipeline.adapters = lambda *_: adapter
+    # When the request is handled, and handled again once its retry is due
+    first = pipeline.handle([REQUEST], {}, "t-1")
+    clock.now += 10
+    second = pipeline.handle([REQUEST], {}, "t-1")
+    # Then the retry read the status instead of cancelling twice, and ends cancelled
+    assert isinstance(first, RetryLater) and second == Finished("cancelled")
+    assert provider.cancels == 1 and provider.reads == 1
+    (event,) = events(fake_redis)
+    assert event["recovered"] is True
+
+
 def test_conflicting_reuse_of_an_id_is_rejected_once(setup: Setup,
                                                      fake_redis: fakeredis.FakeRedis) -> None:
     pipeline, provider, _ = setup()

@@ -18,6 +18,7 @@ import pytest
 from config.settings import Settings
 from worker.contract import CancelRequest
 from worker.providers import errors
+from worker.providers import transport as transport_module
 from worker.providers.idpass import RULES, IdPassAdapter
 from worker.providers.transport import PooledTransport
 
@@ -32,6 +33,9 @@ class Recorder(ThreadingHTTPServer):
         self.delay = 0.0
         self.close_after_answer = False
         self.gzip = False
+        self.early_hints = False
+        self.hang_up = False
+        self.extra_header: tuple[str, str] | None = None
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Clients that hang up are part of these tests."""
@@ -56,6 +60,11 @@ class Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.recorder.seen.append((self.command, self.path, dict(self.headers), body))
         time.sleep(self.recorder.delay)
+        if self.recorder.hang_up:  # took the request, never answers
+            self.close_connection = True
+            return
+        if self.recorder.early_hints:
+            self.wfile.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n")
         payload = json.dumps({"status": "cancelled", "fee_refunded": True}).encode()
         if self.recorder.gzip:
             payload = gzip.compress(payload)
@@ -65,6 +74,8 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(payload)))
         if self.recorder.gzip:
             self.send_header("Content-Encoding", "gzip")
+        if self.recorder.extra_header:
+            self.send_header(*self.recorder.extra_header)
         if self.recorder.close_after_answer:
             self.send_header("Connection", "close")
             self.close_connection = True
@@ -117,7 +128,7 @@ def test_idle_connection_closed_by_the_server_is_dropped_before_reuse(server: Re
     client = httpx.Client(transport=transport)
     client.post(url(server), json={"id": 0})
     for idle in transport._idle.values():
-        for conn in idle:
+        for conn, _ in idle:
             assert conn.sock is not None
             conn.sock.shutdown(socket.SHUT_RD)  # what a server's FIN looks like to select
     # When the next call is made
@@ -187,3 +198,41 @@ def test_a_refused_connection_is_unreachable() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(errors.ProviderUnreachable):
         adapter_for(f"http://127.0.0.1:{port}").execute(request(), RULES.actions["cancel"])
+
+
+def test_an_interim_answer_is_skipped_for_the_final_one(server: Recorder) -> None:
+    # Given a server that sends 103 Early Hints before its answer
+    server.early_hints = True
+    # When a call is made, Then the final 200 and its body come back
+    answer = httpx.Client(transport=PooledTransport()).post(url(server), json={})
+    assert answer.status_code == 200 and answer.json()["status"] == "cancelled"
+
+
+def test_a_non_ascii_header_does_not_fail_a_call_that_was_carried_out(server: Recorder) -> None:
+    server.extra_header = ("X-Note", "caf\u00e9")
+    answer = httpx.Client(transport=PooledTransport()).post(url(server), json={})
+    assert answer.status_code == 200 and answer.headers["x-note"] == "caf\u00e9"
+
+
+def test_an_answer_lost_after_the_request_went_out_may_have_landed(server: Recorder) -> None:
+    # Given a server that takes the request and hangs up without answering
+    server.hang_up = True
+    # When the adapter calls, Then the error says the call may have landed
+    with pytest.raises(errors.AnswerLost) as lost:
+        adapter_for(url(server, "")).execute(request(), RULES.actions["cancel"])
+    assert lost.value.may_have_landed and len(server.seen) == 1
+
+
+def test_idle_connections_expire(server: Recorder, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a kept-alive connection that has been idle longer than the expiry
+    client = httpx.Client(transport=PooledTransport())
+    client.post(url(server), json={})
+    monkeypatch.setattr(transport_module, "KEEPALIVE_EXPIRY", -1.0)
+    # When the next call is made, Then it goes out on a new connection
+    client.post(url(server), json={})
+    assert server.connections == 2
+
+
+def test_only_http_and_https_are_spoken() -> None:
+    with pytest.raises(httpx.UnsupportedProtocol):
+        PooledTransport().handle_request(httpx.Request("GET", "ftp://127.0.0.1/x"))

@@ -44,7 +44,7 @@ def supported_providers() -> list[str]:
 
 
 def get_adapter(provider: str, settings: Settings) -> ProviderAdapter:
-    """The process-wide adapter for ``provider`` (one pooled HTTP client each)."""
+    """The process-wide adapter for ``provider`` (one pooled transport each)."""
     with _lock:
         adapter = _instances.get(provider)
         if adapter is None or adapter.settings is not settings:

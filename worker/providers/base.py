@@ -24,6 +24,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
 from worker.providers.errors import (
+    AnswerLost,
     NotFound,
     PermanentError,
     ProviderRejected,
@@ -201,6 +202,11 @@ class ProviderAdapter(abc.ABC):
             raise ProviderTimeout(
                 f"{self.rules.provider} did not answer within"
                 f" {self.settings.http_timeout_seconds:g} s ({type(exc).__name__})"
+            ) from exc
+        except (httpx.ReadError, httpx.RemoteProtocolError) as exc:
+            raise AnswerLost(
+                f"{self.rules.provider} took the request but the connection broke before"
+                f" its answer ({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
             raise ProviderUnreachable(

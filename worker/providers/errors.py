@@ -1,11 +1,14 @@
 """How a provider call can go wrong, and what each way means for the request.
 
 Drawn as a tree, httpx-style. Transient errors are retried with backoff; permanent
-errors end the request with the outcome written beside them::
+errors end the request with the outcome written beside them. A transient error that
+``may_have_landed`` (the request reached the provider, its answer did not reach us) makes
+the next attempt read the session's status before calling again::
 
     ProviderError
     ├── TransientError                retry (backoff, full jitter, Retry-After)
-    │   ├── ProviderUnreachable       connection refused / reset, DNS
+    │   ├── ProviderUnreachable       connection refused / reset, DNS: nothing was sent
+    │   │   └── AnswerLost            sent, then the connection broke before the answer
     │   ├── ProviderTimeout           no answer within the HTTP timeout
     │   ├── RateLimited               429
     │   └── ProviderServerError       500, 502, 503, 504
@@ -55,6 +58,8 @@ class TransientError(ProviderError):
     """Worth retrying: the same call may succeed later."""
 
     default_code = "provider_unavailable"
+    #: The call may have been carried out although no answer came (see the tree).
+    may_have_landed = False
 
     def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
@@ -66,8 +71,14 @@ class ProviderUnreachable(TransientError):
     default_code = "provider_unreachable"
 
 
+class AnswerLost(ProviderUnreachable):
+    default_code = "answer_lost"
+    may_have_landed = True
+
+
 class ProviderTimeout(TransientError):
     default_code = "provider_timeout"
+    may_have_landed = True
 
 
 class RateLimited(TransientError):

@@ -1,20 +1,25 @@
-"""A lean HTTP/1.1 transport under ``httpx.Client``: ``http.client`` connections kept
-alive in a stack per host.
+"""A lean HTTP/1.1 transport: ``http.client`` connections kept alive in a stack per host.
 
 Why not httpx's own: its connection pool (httpcore + h11) costs about 0.3 ms of CPU per
 call and scans every pooled connection on each request, so the cost grows with the
 number of calls in flight - exactly what a worker hiding provider latency has many of.
-``http.client`` is in the standard library and parses a response in C-backed code.
-Adapters still talk to ``httpx.Client`` (and tests still hand them an
-``httpx.MockTransport``); only the bytes on the wire go through here.
+``http.client`` is in the standard library. It implements ``httpx.BaseTransport``, so
+adapters build ``httpx.Request`` objects and read ``httpx.Response`` objects
+(``ProviderAdapter.send``), and tests hand them an ``httpx.MockTransport`` instead.
 
-What it does not do: HTTP/2, proxies (``HTTPS_PROXY``), retries. A request is never
-sent twice: a kept-alive connection the server has closed is noticed *before* reuse
-(its socket is readable), as httpcore does, and discarded.
+A request is never sent twice: there are no retries, and a kept-alive connection is
+checked before reuse (a readable idle socket means the server closed it or spoke out of
+turn) and dropped after ``KEEPALIVE_EXPIRY`` seconds idle, as httpx does. Failures
+arrive as httpx's exceptions, split by how far the request got: ``ConnectError`` /
+``ConnectTimeout`` (never sent), ``WriteError`` (not sent whole), ``ReadError`` /
+``ReadTimeout`` / ``RemoteProtocolError`` (sent: it may have landed).
+
+Not supported: HTTP/2, proxies (``HTTPS_PROXY``), ``SSL_CERT_FILE`` (the CA bundle is
+certifi's, as httpx's default), schemes other than http and https.
 
 Examples:
-    >>> client = httpx.Client(transport=PooledTransport())
-    >>> client.get("http://127.0.0.1:9/")              # doctest: +SKIP
+    >>> transport = PooledTransport()
+    >>> transport.handle_request(httpx.Request("GET", "http://127.0.0.1:9/"))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import select
 import socket
 import ssl
 import threading
+import time
 from collections import defaultdict
 
 import certifi
@@ -31,20 +37,39 @@ import httpx
 
 #: Idle connections kept per host; more than the worker's threads is never needed.
 MAX_IDLE_PER_HOST = 256
+#: Seconds a connection may sit idle before it is closed rather than reused (httpx's
+#: default): a NAT or firewall may have forgotten an older one without a word.
+KEEPALIVE_EXPIRY = 5.0
 _Key = tuple[str, str, int]
+_Idle = tuple[http.client.HTTPConnection, float]  # the connection, when it went idle
+
+
+class _Response(http.client.HTTPResponse):
+    """Skips interim answers (1xx such as ``103 Early Hints``) to reach the final one;
+    ``http.client`` itself skips only ``100 Continue``."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            # Private in typeshed, present in every CPython 3.x http.client.
+            version, status, reason = super()._read_status()  # type: ignore[misc]
+            if not 102 <= status < 200:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers
 
 
 def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
     """An idle connection whose socket is readable was closed (or spoken to) by the
-    server: reusing it would fail after sending, so it is dropped instead."""
+    server: reusing it would fail after sending, so it is dropped instead. ``poll``, not
+    ``select``: the latter refuses descriptors past 1023."""
     sock = conn.sock
     if sock is None:
         return True
     try:
-        readable, _, _ = select.select([sock], [], [], 0)
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
     except (OSError, ValueError):
         return True
-    return bool(readable)
 
 
 class PooledTransport(httpx.BaseTransport):
@@ -55,7 +80,7 @@ class PooledTransport(httpx.BaseTransport):
     """
 
     def __init__(self, verify: bool = True) -> None:
-        self._idle: defaultdict[_Key, list[http.client.HTTPConnection]] = defaultdict(list)
+        self._idle: defaultdict[_Key, list[_Idle]] = defaultdict(list)
         self._lock = threading.Lock()
         self._tls = ssl.create_default_context(cafile=certifi.where())
         if not verify:
@@ -64,14 +89,17 @@ class PooledTransport(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
+        if url.scheme not in ("http", "https"):
+            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
+                                            request=request)
         key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
         timeout = request.extensions.get("timeout", {})
         conn = self._checkout(key, timeout.get("connect"))
-        connected = conn.sock is not None
+        stage = "connect" if conn.sock is None else "write"
         try:
-            if not connected:
+            if stage == "connect":
                 conn.connect()
-                connected = True
+                stage = "write"
             conn.sock.settimeout(timeout.get("read"))
             # Headers exactly as httpx built them (Host, Content-Length, order, case).
             conn.putrequest(request.method, url.raw_path.decode("ascii"), skip_host=True,
@@ -79,11 +107,16 @@ class PooledTransport(httpx.BaseTransport):
             for name, value in request.headers.raw:
                 conn.putheader(name.decode("latin-1"), value)
             conn.endheaders(request.read() or None)
+            stage = "read"
             answer = conn.getresponse()
             content = answer.read()
+            # Raw bytes, as httpx keeps them: a non-ASCII header must not fail a call
+            # the provider has already carried out.
+            headers = [(k.encode("latin-1"), v.encode("latin-1"))
+                       for k, v in answer.getheaders()]
         except BaseException as exc:
             conn.close()
-            translated = _translate(exc, request, connected=connected)
+            translated = _translate(exc, request, stage)
             if translated is exc:
                 raise
             raise translated from exc
@@ -91,51 +124,66 @@ class PooledTransport(httpx.BaseTransport):
             conn.close()
         else:
             self._checkin(key, conn)
-        return httpx.Response(answer.status, headers=answer.getheaders(),
+        return httpx.Response(answer.status, headers=headers,
                               stream=httpx.ByteStream(content),
                               extensions={"http_version": b"HTTP/1.1"})
 
     def _checkout(self, key: _Key, connect_timeout: float | None
                   ) -> http.client.HTTPConnection:
+        now = time.monotonic()
         with self._lock:
             idle = self._idle[key]
             while idle:
-                conn = idle.pop()
-                if not _closed_by_peer(conn):
+                conn, since = idle.pop()
+                if now - since <= KEEPALIVE_EXPIRY and not _closed_by_peer(conn):
                     return conn
                 conn.close()
         scheme, host, port = key
-        if scheme == "https":
-            return http.client.HTTPSConnection(host, port, timeout=connect_timeout,
-                                               context=self._tls)
-        return http.client.HTTPConnection(host, port, timeout=connect_timeout)
+        conn = (http.client.HTTPSConnection(host, port, timeout=connect_timeout,
+                                            context=self._tls)
+                if scheme == "https" else
+                http.client.HTTPConnection(host, port, timeout=connect_timeout))
+        conn.response_class = _Response
+        return conn
 
     def _checkin(self, key: _Key, conn: http.client.HTTPConnection) -> None:
+        now = time.monotonic()
+        stale: list[http.client.HTTPConnection] = []
         with self._lock:
             idle = self._idle[key]
+            # The stack's bottom is its oldest: expire from there.
+            while idle and now - idle[0][1] > KEEPALIVE_EXPIRY:
+                stale.append(idle.pop(0)[0])
             if len(idle) < MAX_IDLE_PER_HOST:
-                idle.append(conn)
-                return
-        conn.close()
+                idle.append((conn, now))
+            else:
+                stale.append(conn)
+        for old in stale:
+            old.close()
 
     def close(self) -> None:
         with self._lock:
             pools, self._idle = list(self._idle.values()), defaultdict(list)
         for idle in pools:
-            for conn in idle:
+            for conn, _ in idle:
                 conn.close()
 
 
-def _translate(exc: BaseException, request: httpx.Request, *, connected: bool
-               ) -> BaseException:
-    """The httpx exception httpx's own transport raises for the same failure, so callers
-    classify one family (``worker.providers.base.ProviderAdapter.send``)."""
+def _translate(exc: BaseException, request: httpx.Request, stage: str) -> BaseException:
+    """The httpx exception for ``exc``, by how far the request got (``connect``, ``write``
+    or ``read``), so that callers classify one family and can tell "never sent" from
+    "sent, answer lost" (``worker.providers.base.ProviderAdapter.send``)."""
+    kind: type[httpx.TransportError]
     if isinstance(exc, (socket.timeout, TimeoutError)):
-        kind: type[httpx.TransportError] = httpx.ReadTimeout if connected else httpx.ConnectTimeout
+        kind = {"connect": httpx.ConnectTimeout, "write": httpx.WriteTimeout}.get(
+            stage, httpx.ReadTimeout)
     elif isinstance(exc, http.client.HTTPException):
-        kind = httpx.RemoteProtocolError
+        kind = httpx.RemoteProtocolError if stage == "read" else httpx.LocalProtocolError
     elif isinstance(exc, OSError):
-        kind = httpx.ReadError if connected else httpx.ConnectError
+        kind = {"connect": httpx.ConnectError, "write": httpx.WriteError}.get(
+            stage, httpx.ReadError)
+    elif isinstance(exc, ValueError) and stage != "read":
+        kind = httpx.LocalProtocolError  # e.g. a header value with a newline in it
     else:
         return exc
     return kind(f"{type(exc).__name__}: {exc}", request=request)
