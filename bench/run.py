@@ -31,7 +31,8 @@ from worker.embedded import RedisServer  # noqa: E402
 from worker.procs import WorkerProcess  # noqa: E402
 from worker.producer import Producer  # noqa: E402
 
-CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "64"))
+#: Threads per worker process: enough to keep ~rate x latency calls in flight at 100 ms.
+CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "128"))
 WORKERS = int(os.environ.get("BENCH_WORKERS", "1"))
 POOL = os.environ.get("BENCH_POOL", "threads")
 LOGS = ROOT / "var" / "bench"
