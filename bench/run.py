@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,29 +126,16 @@ def bench_baseline(n: int) -> float:
         return rate
 
 
-def bench_floor(n: int) -> float:
-    """``bench.floor_app``: claim, one raw HTTP call, record; nothing else."""
-    sim = Simulator(0)
-    try:
-        with RedisServer() as server:
-            client = redis.Redis.from_url(server.url)
-            _send_raw(server.url, "bench.floor", n)
-            procs = start_workers(env_for(server.url, sim), app="bench.floor_app")
-            rate = drain_rate(client, lambda: int(client.xlen("idvcancel:results")), n, procs)
-            for proc in procs:
-                proc.stop()
-            return rate
-    finally:
-        sim.stop()
-
-
-def bench_pipeline(n: int, latency_ms: float) -> tuple[float, dict[str, float]]:
+def _drain_with_simulator(n: int, latency_ms: float, app: str,
+                          enqueue: Callable[[str], object]) -> tuple[float, dict[str, float]]:
+    """Enqueue ``n`` requests, start ``app``'s workers against the simulator and time
+    them until ``n`` result events are in; with worker RSS and Redis bytes per request."""
     sim = Simulator(latency_ms)
     try:
         with RedisServer() as server:
             client = redis.Redis.from_url(server.url)
-            Producer(server.url).submit_many(requests(n))
-            procs = start_workers(env_for(server.url, sim))
+            enqueue(server.url)
+            procs = start_workers(env_for(server.url, sim), app=app)
             rate = drain_rate(client, lambda: int(client.xlen("idvcancel:results")), n, procs)
             memory = {f"worker{i} RSS MB": rss_mb(p.pid or 0) for i, p in enumerate(procs)}
             memory["redis bytes/request"] = (
@@ -157,6 +145,17 @@ def bench_pipeline(n: int, latency_ms: float) -> tuple[float, dict[str, float]]:
             return rate, memory
     finally:
         sim.stop()
+
+
+def bench_floor(n: int) -> float:
+    """``bench.floor_app``: claim, one raw HTTP call, record; nothing else."""
+    return _drain_with_simulator(n, 0, "bench.floor_app",
+                                 lambda url: _send_raw(url, "bench.floor", n))[0]
+
+
+def bench_pipeline(n: int, latency_ms: float) -> tuple[float, dict[str, float]]:
+    return _drain_with_simulator(n, latency_ms, "worker.app",
+                                 lambda url: Producer(url).submit_many(requests(n)))
 
 
 def bench_submit(n: int) -> tuple[float, float]:

@@ -39,8 +39,9 @@ from worker.rules import ActionRule, ProviderRules, RuleViolation
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
-#: Sent unless an adapter names its own (Jumio must: it refuses library defaults).
-USER_AGENT = "idv-cancel/1.0"
+#: Sent with every call; an adapter's own headers win (Jumio names the business in its
+#: User-Agent: it refuses library defaults).
+DEFAULT_HEADERS = {"User-Agent": "idv-cancel/1.0", "Accept": "application/json"}
 
 #: Longest provider error text we keep; provider bodies can echo personal data, so we
 #: only ever copy named error fields, and cut them short.
@@ -164,10 +165,6 @@ class ProviderAdapter(abc.ABC):
         # cookie from one session's answer must not ride along on the next session's).
         self.transport = transport or PooledTransport()
         self._timeout = httpx.Timeout(settings.http_timeout_seconds).as_dict()
-        self._base_headers = {"User-Agent": USER_AGENT, **self.default_headers()}
-
-    def default_headers(self) -> dict[str, str]:
-        return {"Accept": "application/json"}
 
     def validate(self, request: CancelRequest) -> None:
         """Check provider-specific ``options`` before anything is claimed or called.
@@ -192,7 +189,7 @@ class ProviderAdapter(abc.ABC):
         """Send one request (``json`` as its body), read the whole answer; connection
         trouble and timeouts become transient errors. Redirects are not followed."""
         request = httpx.Request(method, url, json=json,
-                                headers={**self._base_headers, **(headers or {})},
+                                headers={**DEFAULT_HEADERS, **(headers or {})},
                                 extensions={"timeout": self._timeout})
         try:
             response = self.transport.handle_request(request)
