@@ -21,12 +21,25 @@ Why each setting (see the README's "Delivery guarantees"):
   idempotency ledger's lease keeps the redelivered copy from calling the provider.
 - ``unacked_restore_interval`` / ``unacked_restore_throttle``: kombu 5.7 looks for
   messages past the visibility timeout every 10 s x 10; we look every 2 s.
+
+On RabbitMQ (``IDVCANCEL_BROKER_URL=amqp://...``, see ``config/broker.py``) the Redis
+transport options give way to: the quorum queue and its dead-letter queue as
+``task_queues`` (the worker consumes both by default), publisher confirms
+(``confirm_publish``: a publish returns once the broker has the message), and Celery's
+native delayed delivery for retry countdowns (switched on by the quorum queue; it needs
+the topic exchange). ``consumer_timeout``: RabbitMQ closes the channel of a consumer
+that holds an un-acked message longer than this (30 min by default). With countdowns
+carried by the broker, a worker holds a message only while it runs one attempt (at most
+the HTTP timeout, a few journal round trips and the OneSpan batch window) plus the time
+it waits in the prefetch buffer behind ``PREFETCH_MULTIPLIER`` such attempts per thread:
+well under a minute with the defaults, so the broker's default is kept (README).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from config.broker import amqp_queues
 from config.settings import Settings
 from worker.contract import QUEUE
 
@@ -35,6 +48,31 @@ PREFETCH_MULTIPLIER = 4
 
 def celery_config(settings: Settings) -> dict[str, Any]:
     """The Celery settings for ``settings``."""
+    return {**_common(settings), **(
+        _rabbitmq(settings) if settings.broker_is_amqp else _redis(settings))}
+
+
+def _rabbitmq(settings: Settings) -> dict[str, Any]:
+    return rabbitmq_options(settings.broker, settings.delivery_limit)
+
+
+def rabbitmq_options(broker_url: str, delivery_limit: int) -> dict[str, Any]:
+    """What any Celery app talking to our RabbitMQ needs (workers and producers alike)."""
+    return {
+        "broker_url": broker_url,
+        "broker_transport_options": {"confirm_publish": True},
+        "task_queues": amqp_queues(delivery_limit),
+        "task_default_exchange": QUEUE,
+        "task_default_exchange_type": "topic",
+        "task_default_routing_key": QUEUE,
+        "task_default_queue_type": "quorum",
+        # Heartbeats find a dead broker connection (a half-open socket) in seconds, so
+        # the worker reconnects and RabbitMQ hands the messages to others.
+        "broker_heartbeat": 30,
+    }
+
+
+def _redis(settings: Settings) -> dict[str, Any]:
     transport = {
         "visibility_timeout": settings.visibility_timeout_seconds,
         # kombu 5.7 scans for messages past the visibility timeout only every
@@ -46,9 +84,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 10,
         "retry_on_timeout": True,
     }
+    return {"broker_url": settings.broker, "broker_transport_options": transport}
+
+
+def _common(settings: Settings) -> dict[str, Any]:
     return {
-        "broker_url": settings.redis_url,
-        "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # reconnect for as long as it takes
         "result_backend": None,

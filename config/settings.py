@@ -11,6 +11,7 @@ from functools import lru_cache
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from config.broker import DEFAULT_DELIVERY_LIMIT, is_amqp, is_redis
 from worker.contract import PROVIDERS
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -27,6 +28,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="IDVCANCEL_", extra="ignore")
 
     redis_url: str = DEFAULT_REDIS_URL
+    # The broker. Unset: Redis at ``redis_url`` (one server for queue and state).
+    # ``amqp://...``: RabbitMQ carries the queue (a quorum queue, config/broker.py) and
+    # Redis at ``redis_url`` stays the state store (ledger, streams, dead letters, ...).
+    broker_url: str = ""
+    # RabbitMQ only: deliveries of one message that may end without an ack (its worker
+    # died or lost its connection) before the broker dead-letters it; the worker then
+    # answers it ``rejected`` on the record instead of letting it kill worker after worker.
+    # Part of the queue's declaration: changing it needs the queue re-declared.
+    delivery_limit: int = Field(DEFAULT_DELIVERY_LIMIT, ge=1, le=1000)
 
     # Retry policy: exponential backoff with full jitter, capped, honouring Retry-After.
     retry_base_seconds: float = Field(1.0, gt=0)
@@ -84,6 +94,24 @@ class Settings(BaseSettings):
     # OneSpan deletes arriving within this many milliseconds of each other (same grace
     # period) go out in one mark-for-erasure call of up to 500 ids (0 = one call each).
     onespan_batch_window_ms: float = Field(50.0, ge=0, le=1000)
+
+    @field_validator("broker_url")
+    @classmethod
+    def _broker_is_redis_or_rabbitmq(cls, value: str) -> str:
+        if value and not (is_amqp(value) or is_redis(value)):
+            raise ValueError(
+                f"IDVCANCEL_BROKER_URL: {value.split('://', maxsplit=1)[0]!r} is not a broker this"
+                " worker speaks; use amqp://, amqps:// (RabbitMQ) or redis://, rediss://")
+        return value
+
+    @property
+    def broker(self) -> str:
+        """The broker's URL: ``broker_url`` when set, else the state store's Redis."""
+        return self.broker_url or self.redis_url
+
+    @property
+    def broker_is_amqp(self) -> bool:
+        return is_amqp(self.broker)
 
     @model_validator(mode="after")
     def _lease_outlasts_a_call(self) -> Settings:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import math
 from typing import Any
 
 import redis
@@ -33,7 +34,13 @@ def _task_id(task: Task, args: Any, kwargs: Any) -> str:  # type: ignore[type-ar
 
 def _later(task: Task, countdown: float) -> Reject | Exception:  # type: ignore[type-arg]
     """``task.retry``, except that a retry that cannot be published puts the message
-    back (Celery's own answer, ``Reject(requeue=False)``, would drop it)."""
+    back (Celery's own answer, ``Reject(requeue=False)``, would drop it).
+
+    On RabbitMQ the countdown rides native delayed delivery, which counts whole seconds
+    and refuses less than one (``calculate_routing_key``): round up, never down, so a
+    provider's Retry-After is still honoured."""
+    if task.app.conf.task_default_queue_type == "quorum":
+        countdown = max(1, math.ceil(countdown))
     try:
         return task.retry(countdown=countdown, max_retries=None, throw=False)
     except Reject as exc:

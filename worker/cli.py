@@ -142,11 +142,12 @@ def schema() -> None:
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """Run a worker for production: the thread pool, the idvcancel queue, no gossip.
+    """Run a worker for production: the thread pool, the app's queues (``idvcancel``, and
+    on RabbitMQ its dead-letter queue ``idvcancel.dead``), no gossip.
 
     Extra arguments are passed on to ``celery worker``.
     """
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-Q", "idvcancel",
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker",
             "-P", "threads", "-c", str(concurrency), "-l", loglevel,
             "--without-gossip", "--without-mingle", *celery_args]
     os.execv(sys.executable, argv)  # noqa: S606 - replace this process with the worker

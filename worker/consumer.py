@@ -17,6 +17,7 @@ from celery.utils.log import get_logger as celery_logger
 from celery.worker.consumer import Consumer
 from vine import promise
 
+from config.broker import DEAD_LETTER_EXCHANGE
 from worker.contract import TASK_NAME
 from worker.logs import get_logger
 
@@ -44,6 +45,42 @@ def record_unreadable(message: Any, code: str, text: str) -> None:
         pipeline().reject_unreadable(task_id, code, text, raw=body)
     except Exception:  # noqa: BLE001 - the consumer must go on; the log says what happened
         get_logger(task_id=task_id).exception("unreadable_not_recorded", error=code)
+
+
+def _deliveries(message: Any) -> str:
+    """How many times RabbitMQ delivered a dead-lettered message, as its ``x-death``
+    header tells (best effort: a phrase for the error text)."""
+    headers = getattr(message, "headers", None) or {}
+    deaths = headers.get("x-death") if isinstance(headers, dict) else None
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = deaths[0].get("reason")
+        if reason == "delivery_limit":
+            return "its delivery limit"
+        if isinstance(reason, str | bytes):
+            return f"'{reason!s}'"[:60]
+    return "its delivery limit"
+
+
+def record_dead(message: Any) -> None:
+    """Answer a message RabbitMQ dead-lettered to ``idvcancel.dead``; never raises."""
+    from worker.services import pipeline
+
+    task_id = _message_id(message)
+    why = (f"the broker gave this message up ({_deliveries(message)}): each delivery ended"
+           " without an answer, as when a worker dies on it; it was not carried out")
+    try:
+        body = message.decode()
+        if not (isinstance(body, list | tuple) and len(body) == 3
+                and isinstance(body[0], list | tuple) and isinstance(body[1], dict)):
+            raise ValueError("not a task body")
+        pipeline().reject_dead(list(body[0]), dict(body[1]), task_id, why)
+    except Exception:  # noqa: BLE001 - unreadable as a task: answered as such below
+        record_unreadable(message, "delivery_limit", why)
+
+
+def is_dead_lettered(message: Any) -> bool:
+    info = getattr(message, "delivery_info", None) or {}
+    return isinstance(info, dict) and info.get("exchange") == DEAD_LETTER_EXCHANGE
 
 
 def shape_problem(message: Any) -> str | None:
@@ -84,6 +121,11 @@ class RecordingConsumer(Consumer):
             getattr(self, "connection_errors", ()))
 
         def on_task_received(message: Any) -> Any:
+            if is_dead_lettered(message):
+                # Recorded, never run: running it is what killed its workers.
+                record_dead(message)
+                message.ack()
+                return None
             problem = shape_problem(message)
             if problem is not None:
                 record_unreadable(message, "invalid_task_message", problem)

@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from config.settings import Settings
@@ -91,6 +91,35 @@ class Pipeline:
         message = Message(keys.message_ledger(task_id), digest, None, None, (code, text), {},
                           task_id)
         return self._run(message, raw=(raw,))
+
+    def reject_dead(self, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str,
+                    why: str) -> Step:
+        """Answer a message the broker gave up on (RabbitMQ's delivery limit: its
+        deliveries kept ending without an ack, so a worker died on it again and again).
+
+        Nothing is carried out: the request ends ``rejected`` (``delivery_limit``) with a
+        dead letter, unless it had finished meanwhile (then this copy is a duplicate).
+        """
+        parsed = intake.parse(args, kwargs, task_id)
+        message = replace(parsed, error=("delivery_limit", why))
+        log = get_logger(request_id=message.request_id, task_id=task_id)
+        while True:
+            state = ledger.read(self.journal.client, message.ledger_key)
+            if state.phase == DONE:
+                step = self._decide(parsed, state, log, raw=(args, kwargs))
+            else:
+                drafts = [] if state.version else [records.draft(records.RECEIVED, message)]
+                error = message.error
+                if state.phase == CALLING:  # say so: a call was on the wire when it died
+                    error = ("delivery_limit", why + "; a provider call was in flight when"
+                             " its worker died and may have taken effect: check the session"
+                             " before replaying")
+                result = records.event(message, Outcome.REJECTED, attempts=state.attempts,
+                                       error=error)
+                step = self._finish(message, state.version, result, drafts, log,
+                                    raw=(args, kwargs), force_dead_letter=True)
+            if not isinstance(step, Moved):
+                return step
 
     def _run(self, message: Message, raw: Any) -> Step:
         log = get_logger(request_id=message.request_id, task_id=message.task_id)
@@ -324,13 +353,14 @@ class Pipeline:
         return moved
 
     def _finish(self, message: Message, version: int, result: dict[str, Any],
-                drafts: list[dict[str, Any]], log: Any, raw: Any = None) -> Step | Moved:
+                drafts: list[dict[str, Any]], log: Any, raw: Any = None,
+                force_dead_letter: bool = False) -> Step | Moved:
         outcome = Outcome(result["outcome"])
         step = records.REJECTED if outcome is Outcome.REJECTED else records.COMPLETED
         steps = [*drafts, records.draft(step, message, outcome=outcome.value,
                                         error=result["error"], attempts=result["attempts"])]
         dead: DeadLetter | None = None
-        if outcome in DEAD_LETTERED or message.request_id is None:
+        if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)
             steps.append(records.draft(records.DEAD_LETTERED, message, outcome=outcome.value))
         moved = self.journal.apply(message.ledger_key, version, ledger={

@@ -27,7 +27,6 @@ __all__ = ["REPO_ROOT", "WorkerProcess", "WorkerStartError"]
 # worker/procs.py -> the directory holding pyproject.toml
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-DEFAULT_QUEUE = "idvcancel"
 _LOG_TAIL_CHARS = 4000
 # Celery logs "<nodename> ready." at INFO once the consumer is up.
 _READY_RE = re.compile(r"^.*@\S* ready\.\s*$", re.MULTILINE)
@@ -57,7 +56,7 @@ class WorkerProcess:
         log_path: Path | None = None,
         extra_args: Sequence[str] = (),
         app: str = "worker.app",
-        queue: str = DEFAULT_QUEUE,
+        queue: str | None = None,
         loglevel: str = "INFO",
         cwd: Path | None = None,
     ) -> None:
@@ -66,6 +65,8 @@ class WorkerProcess:
         self.pool = pool
         self.name = name or f"w{secrets.token_hex(4)}@%h"
         self.app = app
+        #: None: the queues of the app's configuration (on RabbitMQ, the work queue and
+        #: the dead-letter queue), as the contract's plain ``celery -A worker.app worker``.
         self.queue = queue
         self.loglevel = loglevel
         self.extra_args: tuple[str, ...] = tuple(extra_args)
@@ -89,8 +90,7 @@ class WorkerProcess:
             "-A",
             self.app,
             "worker",
-            "-Q",
-            self.queue,
+            *(("-Q", self.queue) if self.queue else ()),
             "-P",
             self.pool,
             "-c",

@@ -21,8 +21,11 @@ import redis
 from celery import Celery
 from pydantic import ValidationError
 
+from config.broker import DEFAULT_DELIVERY_LIMIT, is_amqp
+from config.celery import rabbitmq_options
 from config.settings import Settings
 from worker import wire
+from worker.amqp import AmqpPublisher
 from worker.contract import QUEUE, TASK_NAME, CancelRequest
 from worker.intake import describe
 from worker.security import configure_signing
@@ -102,12 +105,26 @@ _REPRS: dict[str, Any] = {"argsrepr": "(request,)", "kwargsrepr": "{}"}
 
 
 class Producer:
-    """Sends ``idvcancel.process`` messages to the broker at ``redis_url``."""
+    """Sends ``idvcancel.process`` messages to the broker.
 
-    def __init__(self, redis_url: str, settings: Settings | None = None) -> None:
-        self.app = Celery("idvcancel-producer", broker=redis_url, set_as_current=False)
+    Parameters:
+        redis_url: the state store's Redis (and the broker when no other is given).
+        settings: signing and, through ``IDVCANCEL_BROKER_URL``, the broker.
+        broker_url: the broker, overriding ``settings`` (``amqp://`` for RabbitMQ).
+    """
+
+    def __init__(self, redis_url: str, settings: Settings | None = None, *,
+                 broker_url: str | None = None) -> None:
+        self.broker_url = broker_url or (settings.broker_url if settings else "") or redis_url
+        delivery_limit = settings.delivery_limit if settings else DEFAULT_DELIVERY_LIMIT
+        self.app = Celery("idvcancel-producer", broker=self.broker_url, set_as_current=False)
         self.app.conf.update(task_serializer="json", accept_content=["json"],
                              broker_connection_retry_on_startup=True)
+        #: On RabbitMQ, unsigned messages are published in confirmed batches.
+        self.amqp: AmqpPublisher | None = None
+        if is_amqp(self.broker_url):
+            self.app.conf.update(rabbitmq_options(self.broker_url, delivery_limit))
+            self.amqp = AmqpPublisher(self.broker_url, delivery_limit)
         #: Signed messages must go through Celery's auth serializer.
         self.signed = settings is not None and configure_signing(self.app, settings)
         self.redis = redis.Redis.from_url(redis_url)
@@ -115,8 +132,11 @@ class Producer:
     def submit(self, request: CancelRequest | Mapping[str, Any]) -> str:
         """Validate and enqueue one request; returns its ``request_id``."""
         valid = validate(request)
-        self.app.send_task(TASK_NAME, args=[valid.model_dump(mode="json")], queue=QUEUE,
-                           **_REPRS)
+        if self.amqp is not None and not self.signed:
+            self.amqp.publish([valid.model_dump(mode="json")])
+        else:
+            self.app.send_task(TASK_NAME, args=[valid.model_dump(mode="json")], queue=QUEUE,
+                               **_REPRS)
         return valid.request_id
 
     def submit_many(
@@ -136,7 +156,11 @@ class Producer:
                 message in its own round trip).
             on_sent: called with the number of messages just written, after each batch.
 
-        If Redis fails mid-way the call raises (``redis.ConnectionError``; kombu's
+        On RabbitMQ each chunk is published under publisher confirms (``worker.amqp``):
+        a chunk counts as sent once the broker confirmed every message of it.
+
+        If the broker fails mid-way the call raises (``redis.ConnectionError``;
+        ``worker.amqp.PublishNotConfirmed`` or a connection error on RabbitMQ; kombu's
         ``BatchPublishError`` when messages are signed) and the chunks before it are
         already queued: submitting the same requests again is safe, because a request
         id is carried out once (a second copy only adds a ``duplicate`` audit record).
@@ -148,6 +172,11 @@ class Producer:
         valid = [validate(r, i) for i, r in enumerate(requests)]
         if self.signed:
             self._send_through_celery(valid, batch_size, on_sent)
+        elif self.amqp is not None:
+            for chunk in _chunks(valid, batch_size):
+                self.amqp.publish([r.model_dump(mode="json") for r in chunk])
+                if on_sent is not None:
+                    on_sent(len(chunk))
         else:
             self._push(valid, batch_size, on_sent)
         return [r.request_id for r in valid]
@@ -179,5 +208,7 @@ class Producer:
                     on_sent(len(chunk))
 
     def close(self) -> None:
+        if self.amqp is not None:
+            self.amqp.close()
         self.app.close()
         self.redis.close()

@@ -3,6 +3,8 @@ leaves, so a bad one fails here, not later as ``rejected``.
 
     IDVCANCEL_REDIS_URL=redis://127.0.0.1:6379/0 python docs/examples/submit.py REFERENCE...
 
+With ``IDVCANCEL_BROKER_URL=amqp://...`` set too, the messages go to RabbitMQ.
+
 Sends one ID Pass cancel per REFERENCE (the first alone, the rest as one pipelined
 batch) and prints each request id on its own line.
 """
@@ -28,7 +30,8 @@ def cancel(reference: str) -> dict[str, str]:
 
 
 def main(references: list[str]) -> int:
-    producer = Producer(os.environ.get("IDVCANCEL_REDIS_URL", "redis://127.0.0.1:6379/0"))
+    producer = Producer(os.environ.get("IDVCANCEL_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                        broker_url=os.environ.get("IDVCANCEL_BROKER_URL") or None)
     try:
         # A bad request raises InvalidRequest and sends nothing.
         try:

@@ -41,13 +41,17 @@ TEST_ENV = {
 class Stack:
     """Everything a test talks to, and the assertions they share."""
 
-    def __init__(self, redis_url: str, sim: Simulator, log_dir: Path) -> None:
+    def __init__(self, redis_url: str, sim: Simulator, log_dir: Path,
+                 broker_url: str | None = None) -> None:
         self.redis_url = redis_url
+        #: Where the queue lives: the same Redis, or a RabbitMQ node (``amqp://``).
+        self.broker_url = broker_url or redis_url
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
         self.sim = sim
         self.sim_client = SimulatorClient(sim.url)
-        self.env = {**TEST_ENV, **sim.env(), "IDVCANCEL_REDIS_URL": redis_url}
-        self.producer = Producer(redis_url)
+        self.env = {**TEST_ENV, **sim.env(), "IDVCANCEL_REDIS_URL": redis_url,
+                    **({"IDVCANCEL_BROKER_URL": broker_url} if broker_url else {})}
+        self.producer = Producer(redis_url, broker_url=broker_url)
         self.log_dir = log_dir
         self.workers: list[WorkerProcess] = []
 
@@ -121,18 +125,38 @@ def new_reference(provider: str) -> str:
     return str(uuid.uuid4()) if provider == "idpass" else f"ref{uuid.uuid4().hex[:20]}"
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``BOTH_BROKERS = True`` runs each of its stack tests twice:
+    on the Redis broker and on a private RabbitMQ node (the state store is Redis in
+    both): whatever produces must work unchanged on either."""
+    if "stack_base" in metafunc.fixturenames:
+        kinds = ["redis", "rabbitmq"] if getattr(metafunc.module, "BOTH_BROKERS", False) else [
+            "redis"]
+        metafunc.parametrize("broker_kind", kinds, indirect=True, scope="session")
+
+
 @pytest.fixture(scope="session")
-def stack_base(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    return str(getattr(request, "param", "redis"))
+
+
+@pytest.fixture(scope="session")
+def stack_base(tmp_path_factory: pytest.TempPathFactory, broker_kind: str,
+               request: pytest.FixtureRequest) -> Iterator[Stack]:
+    broker_url = None
+    if broker_kind == "rabbitmq":
+        broker_url = request.getfixturevalue("rabbit_node").url
     server = RedisServer(data_dir=tmp_path_factory.mktemp("stack-redis"), appendonly=True)
     server.start()
     sim = Simulator().start()
-    stack = Stack(server.url, sim, tmp_path_factory.mktemp("logs"))
+    stack = Stack(server.url, sim, tmp_path_factory.mktemp("logs"), broker_url=broker_url)
     try:
         stack.start_worker()
         yield stack
     finally:
         for proc in stack.workers:
             proc.stop()
+        stack.producer.close()
         sim.stop()
         server.cleanup()
 

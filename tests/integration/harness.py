@@ -17,6 +17,9 @@ import celery
 import kombu
 import redis
 
+from config.broker import DEFAULT_DELIVERY_LIMIT, amqp_queues, is_amqp
+from config.celery import rabbitmq_options
+
 __all__ = [
     "QUEUE",
     "RESULTS_STREAM",
@@ -145,14 +148,18 @@ def wait_for_results(
 # -- sending --------------------------------------------------------------------------
 
 
-def producer_app(redis_url: str) -> celery.Celery:
-    """The cached bare producer app for ``redis_url`` (one per URL)."""
+def producer_app(broker_url: str) -> celery.Celery:
+    """The cached bare producer app for ``broker_url`` (one per URL; on RabbitMQ it
+    declares the queues as the worker does, or the broker would refuse the publish)."""
     with _producers_lock:
-        app = _producers.get(redis_url)
+        app = _producers.get(broker_url)
         if app is None:
-            app = celery.Celery("idvcancel-test-producer", broker=redis_url, set_as_current=False)
+            app = celery.Celery("idvcancel-test-producer", broker=broker_url,
+                                set_as_current=False)
             app.conf.broker_connection_retry_on_startup = True
-            _producers[redis_url] = app
+            if is_amqp(broker_url):
+                app.conf.update(rabbitmq_options(broker_url, DEFAULT_DELIVERY_LIMIT))
+            _producers[broker_url] = app
         return app
 
 
@@ -180,6 +187,10 @@ def _declare(producer: kombu.Producer, queue: str) -> None:
     """
     channel = producer.channel
     assert channel is not None, "producer has no channel"
+    if getattr(producer.connection.transport, "driver_type", "") == "amqp":
+        for declared in amqp_queues(DEFAULT_DELIVERY_LIMIT):
+            declared.bind(channel).declare()
+        return
     _queue(queue).bind(channel).declare()
     typeof = getattr(channel, "typeof", None)
     queue_bind = getattr(channel, "_queue_bind", None)
@@ -189,7 +200,7 @@ def _declare(producer: kombu.Producer, queue: str) -> None:
 
 
 def send_process(
-    redis_url: str,
+    broker_url: str,
     request: object,
     *,
     task_name: str = PROCESS_TASK,
@@ -198,7 +209,7 @@ def send_process(
     kwargs: dict[str, Any] | None = None,
 ) -> str:
     """Enqueue ``task_name`` with ``[request]`` (or ``args``) as JSON; returns the task id."""
-    app = producer_app(redis_url)
+    app = producer_app(broker_url)
     with app.producer_or_acquire() as producer:
         _declare(producer, queue)
         result = app.send_task(
@@ -213,7 +224,7 @@ def send_process(
 
 
 def send_raw(
-    redis_url: str,
+    broker_url: str,
     body: bytes,
     *,
     content_type: str = "application/json",
@@ -222,7 +233,7 @@ def send_raw(
 ) -> None:
     """Publish ``body`` untouched to queue ``idvcancel`` (exchange and routing key
     ``idvcancel``): for bodies Celery cannot decode (bad JSON, invalid UTF-8, ...)."""
-    app = producer_app(redis_url)
+    app = producer_app(broker_url)
     with app.producer_or_acquire() as producer:
         _declare(producer, QUEUE)
         producer.publish(

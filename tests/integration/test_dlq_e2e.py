@@ -125,7 +125,7 @@ def test_replay_that_fails_again_keeps_a_fresh_dead_letter(stack: Stack) -> None
 def test_replay_all_replays_requests_and_skips_unreadable_messages(stack: Stack) -> None:
     # Given two failed requests and one message with no readable request id
     first, second = failed_request(stack), failed_request(stack)
-    send_process(stack.redis_url, None, args=[1, 2, 3])
+    send_process(stack.broker_url, None, args=[1, 2, 3])
     stack.wait_events(lambda e: e["request_id"] is None)
     # When everything is replayed
     proc = run_cli(stack, "dlq", "replay", "--all")
@@ -143,7 +143,7 @@ def test_replay_all_replays_requests_and_skips_unreadable_messages(stack: Stack)
 
 def test_unreadable_message_is_not_replayable(stack: Stack) -> None:
     # Given the dead letter of a message with no readable request
-    send_process(stack.redis_url, None, args=[], kwargs={"what": "no request"})
+    send_process(stack.broker_url, None, args=[], kwargs={"what": "no request"})
     stack.wait_events(lambda e: e["request_id"] is None)
     (entry,) = deadletters.list_entries(stack.redis)
     # When it is replayed

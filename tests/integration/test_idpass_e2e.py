@@ -134,10 +134,10 @@ def test_malformed_messages_are_rejected_and_the_worker_goes_on(stack: Stack) ->
     valid = stack.request()
     seed(stack, "idpass", valid["reference"], "new")
     bad_fields = {**stack.request(), "provider": "acme", "surprise": 1}
-    send_process(stack.redis_url, bad_fields)
-    send_process(stack.redis_url, None, args=[1, 2, 3])
-    send_process(stack.redis_url, None, args=[], kwargs={"request": valid})
-    send_raw(stack.redis_url, b"\xff\xfe not json at all")
+    send_process(stack.broker_url, bad_fields)
+    send_process(stack.broker_url, None, args=[1, 2, 3])
+    send_process(stack.broker_url, None, args=[], kwargs={"request": valid})
+    send_raw(stack.broker_url, b"\xff\xfe not json at all")
     stack.producer.submit(valid)
     # Then the valid one completes and the readable malformed one is rejected, specifically
     assert stack.result(valid["request_id"])["outcome"] == "cancelled"

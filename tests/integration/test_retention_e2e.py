@@ -189,7 +189,7 @@ def test_results_stay_capped_and_the_retention_task_archives(
     assert stack.redis.xlen(keys.RESULTS) <= 20 + 100  # MAXLEN ~ trims whole nodes
     audit_records = stack.redis.xlen(keys.AUDIT)
     # When the periodic task runs on the worker
-    send_process(stack.redis_url, None, task_name="idvcancel.retention", args=[])
+    send_process(stack.broker_url, None, task_name="idvcancel.retention", args=[])
 
     def archived() -> Any:
         raw = stack.redis.hgetall(keys.AUDIT_ARCHIVED)

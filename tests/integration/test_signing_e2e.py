@@ -65,9 +65,9 @@ def test_signed_messages_run_and_forged_ones_are_refused_on_the_record(
                    cwd=REPO, timeout=60)
     unsigned = stack.request()
     seed(stack, "idpass", unsigned["reference"], "new")
-    send_process(stack.redis_url, unsigned)
+    send_process(stack.broker_url, unsigned)
     body = json.dumps({"body": "tampered", "signer": "x", "signature": "AAAA"}).encode()
-    send_raw(stack.redis_url, body, content_type="application/data",
+    send_raw(stack.broker_url, body, content_type="application/data",
              content_encoding="utf-8", headers={"id": "forged-1", "task": "idvcancel.process"})
     # Then the signed one is cancelled
     assert stack.result(signed["request_id"])["outcome"] == "cancelled"

@@ -16,7 +16,7 @@ TRACK = "idvcancel.track"
 
 
 def report(stack: Stack, reference: str, application_id: str, status: str = "opened") -> None:
-    send_process(stack.redis_url, {"provider": "idpass", "reference": reference,
+    send_process(stack.broker_url, {"provider": "idpass", "reference": reference,
                                    "application_id": application_id, "status": status},
                  task_name=TRACK)
 
@@ -73,8 +73,8 @@ def test_concurrent_reissues_cancel_the_prior_once(stack: Stack) -> None:
     # Given an application's session in flight
     prior = new_reference("idpass")
     seed(stack, "idpass", prior, "opened")
-    settings = Settings(redis_url=stack.redis_url)
-    producer = Producer(stack.redis_url)
+    settings = Settings(redis_url=stack.redis_url, broker_url=stack.broker_url)
+    producer = Producer(stack.redis_url, broker_url=stack.broker_url)
     track(stack.redis, {"provider": "idpass", "reference": prior, "application_id": "app-9",
                         "status": "opened"}, settings=settings, sender=producer)
     # When two new sessions for it are tracked at the same moment

@@ -21,7 +21,7 @@ DAY = 86400.0
 
 
 def settings_for(stack: Stack) -> Settings:
-    return Settings(redis_url=stack.redis_url)
+    return Settings(redis_url=stack.redis_url, broker_url=stack.broker_url)
 
 
 def tracked(stack: Stack, provider: str, status: str, idle_days: float,
@@ -90,7 +90,7 @@ def test_sweep_task_run_by_the_worker(stack: Stack) -> None:
     recent = tracked(stack, "idpass", "new", 1)
     # When idvcancel.sweep is sent twice at once, as two beat instances would
     for _ in range(2):
-        send_process(stack.redis_url, None, task_name="idvcancel.sweep", args=[])
+        send_process(stack.broker_url, None, task_name="idvcancel.sweep", args=[])
     # Then each due session is cancelled once, with a sweep result event
     events = stack.results([f"sweep:idpass:{ref}" for ref in due], settle=1.0)
     assert {e["outcome"] for e in events.values()} == {"cancelled"}
@@ -111,7 +111,7 @@ def test_racing_sweeps_enqueue_each_due_session_once(stack: Stack,
     lock = threading.Lock()
 
     def sweep() -> None:
-        producer = Producer(stack.redis_url)
+        producer = Producer(stack.redis_url, broker_url=stack.broker_url)
         try:
             barrier.wait()
             report = run_sweep(stack.redis, settings, sender=producer)

@@ -25,7 +25,7 @@ def test_track_task_stores_the_session(stack: Stack) -> None:
     # Given a session issued an hour ago, reported as a producer would
     reference = new_reference("idpass")
     last = time.time() - 3600
-    send_process(stack.redis_url, {
+    send_process(stack.broker_url, {
         "provider": "idpass", "reference": reference, "application_id": "app-1",
         "status": "opened", "last_activity": last,
         "options": {"channel": "web"}}, task_name=TRACK)
@@ -42,12 +42,12 @@ def test_track_task_takes_iso_8601_and_progress_updates(stack: Stack) -> None:
     # Given a TXCloud verification reported pending with an ISO 8601 time
     reference = new_reference("txcloud")
     base = {"provider": "txcloud", "reference": reference, "application_id": "app-2"}
-    send_process(stack.redis_url, {**base, "status": "pending",
+    send_process(stack.broker_url, {**base, "status": "pending",
                                    "last_activity": "2024-05-01T12:00:00Z"}, task_name=TRACK)
     first = stored(stack, "txcloud", reference, "active")
     assert first.last_activity == 1714564800.0
     # When it is reported verified
-    send_process(stack.redis_url, {**base, "status": "verified"}, task_name=TRACK)
+    send_process(stack.broker_url, {**base, "status": "verified"}, task_name=TRACK)
     # Then it leaves tracking (closed), its pointer gone
     stored(stack, "txcloud", reference, "closed")
     assert stack.redis.zscore(keys.track_active("txcloud"), reference) is None
@@ -58,10 +58,10 @@ def test_invalid_report_is_logged_not_stored_and_the_worker_goes_on(stack: Stack
     # Given a report with an unknown status, then a valid one
     bad = new_reference("idpass")
     good = new_reference("idpass")
-    task_id = send_process(stack.redis_url, {
+    task_id = send_process(stack.broker_url, {
         "provider": "idpass", "reference": bad, "application_id": "a",
         "status": "finished"}, task_name=TRACK)
-    send_process(stack.redis_url, {
+    send_process(stack.broker_url, {
         "provider": "idpass", "reference": good, "application_id": "a",
         "status": "new"}, task_name=TRACK)
     # Then the valid one is stored, and the bad one is an error line naming the problem

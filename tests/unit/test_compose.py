@@ -54,7 +54,8 @@ def test_docker_compose_config_accepts_the_file() -> None:
 
 
 def test_every_service_is_there(compose: dict[str, Any]) -> None:
-    assert {"redis", "worker", "beat", "flower", "simulator"} <= set(compose["services"])
+    assert {"rabbitmq", "redis", "worker", "beat", "flower", "simulator"} <= set(
+        compose["services"])
 
 
 def test_redis_is_append_only_and_never_evicts(compose: dict[str, Any]) -> None:
@@ -63,14 +64,25 @@ def test_redis_is_append_only_and_never_evicts(compose: dict[str, Any]) -> None:
     assert re.search(r"--maxmemory-policy\s+noeviction\b", command), command
 
 
-def test_worker_and_beat_use_the_compose_redis(compose: dict[str, Any]) -> None:
+def test_worker_and_beat_use_the_compose_rabbitmq_and_redis(compose: dict[str, Any]) -> None:
     services = compose["services"]
     for name in ("worker", "beat"):
-        # Given the anchors resolved, each points at the redis service and waits for it
-        assert services[name]["environment"]["IDVCANCEL_REDIS_URL"].startswith(
-            "redis://redis:6379"), name
-        assert "redis" in services[name]["depends_on"], name
-    assert "redis://redis:6379" in command_text(services["flower"])
+        # Given the anchors resolved, each points at the broker and the state store
+        environment = services[name]["environment"]
+        assert environment["IDVCANCEL_BROKER_URL"].startswith("amqp://"), name
+        assert "@rabbitmq:5672" in environment["IDVCANCEL_BROKER_URL"], name
+        assert environment["IDVCANCEL_REDIS_URL"].startswith("redis://redis:6379"), name
+        # and waits for both
+        assert {"rabbitmq", "redis"} <= set(services[name]["depends_on"]), name
+    assert "@rabbitmq:5672" in command_text(services["flower"])
+
+
+def test_rabbitmq_keeps_its_data_and_a_long_enough_consumer_timeout(
+        compose: dict[str, Any]) -> None:
+    rabbitmq = compose["services"]["rabbitmq"]
+    assert any(v.endswith(":/var/lib/rabbitmq") for v in rabbitmq["volumes"])
+    match = re.search(r"consumer_timeout\s*=\s*(\d+)", command_text(rabbitmq))
+    assert match is not None and int(match.group(1)) >= 30 * 60 * 1000
 
 
 def test_worker_consumes_the_queue_and_beat_runs_our_app(compose: dict[str, Any]) -> None:

@@ -245,6 +245,7 @@ def _worker(tmp_path: Path, redis_url: str, **kwargs: object) -> WorkerProcess:
     return WorkerProcess(
         env,
         app="throwaway_app",
+        queue="idvcancel",  # the throwaway app's own default queue is Celery's "celery"
         concurrency=2,
         log_path=tmp_path / "worker.log",
         **kwargs,  # type: ignore[arg-type]
