@@ -2,7 +2,8 @@
 
 Nothing here imports ``worker.app``: unit tests of single modules must run even while
 the Celery app is being written. Integration tests get a Redis server that this test
-session starts itself (never the machine's own 6379), flushed before every test.
+session starts itself (never the machine's own 6379), flushed before every test; broker
+tests get a private RabbitMQ node the same way (``tests/rabbit.py``, loaded below).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from tests.integration.harness import close_producers
 from worker.embedded import RedisServer
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+# rabbit_node / rabbit_url: a private RabbitMQ node for broker tests.
+pytest_plugins = ["tests.rabbit"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
