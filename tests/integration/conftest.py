@@ -145,7 +145,7 @@ def stack_base(tmp_path_factory: pytest.TempPathFactory, broker_kind: str,
                request: pytest.FixtureRequest) -> Iterator[Stack]:
     broker_url = None
     if broker_kind == "rabbitmq":
-        broker_url = request.getfixturevalue("rabbit_node").url
+        broker_url = request.getfixturevalue("rabbit_node").add_vhost("stack")
     server = RedisServer(data_dir=tmp_path_factory.mktemp("stack-redis"), appendonly=True)
     server.start()
     sim = Simulator().start()

@@ -1,6 +1,6 @@
-"""Another language enqueues: Node's ``celery-node`` (task protocol 2, Redis broker) sends
-``idvcancel.process`` with the request as its one positional argument to queue
-``idvcancel``, and the Python worker carries it out.
+"""Another language enqueues: Node's ``celery-node`` (task protocol 2), on the Redis
+broker and on RabbitMQ, sends ``idvcancel.process`` with the request as its one
+positional argument to queue ``idvcancel``, and the Python worker carries it out.
 
 celery-node sends only the ``lang``, ``task`` and ``id`` headers and camelCase
 ``correlationId`` / ``replyTo`` properties; the worker needs no more than that, and its
@@ -25,6 +25,9 @@ NODE = shutil.which("node")
 
 pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
+
 
 @pytest.fixture(scope="module")
 def celery_node() -> Path:
@@ -39,7 +42,8 @@ def celery_node() -> Path:
 
 def enqueue(script: Path, stack: Stack, request: dict[str, object]) -> str:
     assert NODE is not None
-    proc = subprocess.run([NODE, str(script), stack.redis_url, json.dumps(request)],
+    proc = subprocess.run([NODE, str(script), stack.broker_url, stack.redis_url,
+                           json.dumps(request)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip()

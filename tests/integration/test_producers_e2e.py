@@ -1,6 +1,6 @@
-"""Producers end to end: ``Producer.submit_many`` pipelining a batch, a raw Redis LPUSH
-of the documented wire format (what any language can do), and the runnable examples in
-``docs/examples`` against the stack."""
+"""Producers end to end, on both brokers: ``Producer.submit_many`` sending a batch, the
+documented wire format sent with a plain client (a Redis LPUSH; an AMQP publish), and
+the runnable examples in ``docs/examples`` against the stack."""
 
 from __future__ import annotations
 
@@ -13,7 +13,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import amqp
+import kombu
+import pytest
+
+from config.broker import is_amqp
 from tests.integration.conftest import Stack, seed
+
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "docs" / "examples"
 
@@ -58,6 +66,8 @@ def wire_message(request: dict[str, Any], task_id: str) -> dict[str, Any]:
 
 
 def test_a_raw_lpush_of_the_wire_format_is_carried_out(stack: Stack) -> None:
+    if is_amqp(stack.broker_url):
+        pytest.skip("on RabbitMQ the wire format is an AMQP message: the next test")
     # Given a live session and ID Pass answering 503 once (so the worker's own retry of
     # a message it did not produce is exercised too)
     request = stack.request()
@@ -74,7 +84,8 @@ def test_a_raw_lpush_of_the_wire_format_is_carried_out(stack: Stack) -> None:
 
 def run_example(stack: Stack, name: str, *args: str, timeout: float = 60
                 ) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IDVCANCEL_REDIS_URL": stack.redis_url}
+    env = {**os.environ, "IDVCANCEL_REDIS_URL": stack.redis_url,
+           "IDVCANCEL_BROKER_URL": stack.broker_url}
     return subprocess.run([sys.executable, str(EXAMPLES / name), *args], env=env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -96,3 +107,29 @@ def test_submit_example_submits_and_follow_example_waits_for_the_results(
     assert followed.returncode == 0, followed.stderr
     lines = sorted(followed.stdout.splitlines())
     assert lines == sorted(f"{i} cancelled" for i in ids)
+
+
+def test_a_raw_amqp_publish_of_the_wire_format_is_carried_out(stack: Stack) -> None:
+    if not is_amqp(stack.broker_url):
+        pytest.skip("on Redis the wire format is one LPUSH: the test above")
+    # Given a live session and ID Pass answering 503 once (the worker's own retry of a
+    # message it did not produce rides RabbitMQ's delayed delivery)
+    request = stack.request()
+    seed(stack, "idpass", request["reference"], "new")
+    stack.sim_client.set_faults("idpass", fail_next=[503])
+    task_id = str(uuid.uuid4())
+    body = [[request], {}, {"callbacks": None, "errbacks": None, "chain": None,
+                            "chord": None}]
+    # When the README's AMQP message is published with a plain AMQP client, declaring
+    # nothing (the queue exists; a declaration would have to match it argument by argument)
+    with kombu.Connection(stack.broker_url) as connection:
+        channel: Any = connection.default_channel
+        channel.basic_publish(
+            amqp.Message(json.dumps(body), content_type="application/json",
+                         content_encoding="utf-8", delivery_mode=2, correlation_id=task_id,
+                         application_headers={"task": "idvcancel.process", "id": task_id}),
+            exchange="", routing_key="idvcancel")
+    # Then it is cancelled under that task id, on the second attempt
+    event = stack.result(request["request_id"])
+    assert event["outcome"] == "cancelled" and event["attempts"] == 2
+    assert event["task_id"] == task_id

@@ -94,8 +94,9 @@ class RelStack(Stack):
     """``tests.integration.conftest.Stack`` on a private, restartable Redis, plus what the
     reliability tests share: grouped results, ledger phases, stream paging."""
 
-    def __init__(self, server: RedisServer, sim: Simulator, log_dir: Path) -> None:
-        super().__init__(server.url, sim, log_dir)
+    def __init__(self, server: RedisServer, sim: Simulator, log_dir: Path,
+                 broker_url: str | None = None) -> None:
+        super().__init__(server.url, sim, log_dir, broker_url=broker_url)
         self.server = server
         self.env.update(RELIABILITY_ENV)
 
