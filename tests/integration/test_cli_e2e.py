@@ -18,6 +18,9 @@ import pytest
 
 from tests.integration.conftest import Stack, new_reference, seed
 
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
+
 IDVCANCEL = str(Path(sys.executable).with_name("idvcancel"))
 
 COMMANDS = [

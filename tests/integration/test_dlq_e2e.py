@@ -21,6 +21,9 @@ from worker import breaker, deadletters
 from worker.contract import CancelRequest
 from worker.keys import request_ledger
 
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
+
 
 class RecordingProducer:
     """A producer that only records what a replay would send."""

@@ -16,6 +16,9 @@ from cryptography.x509.oid import NameOID
 from tests.integration.conftest import Stack, seed
 from tests.integration.harness import send_process, send_raw
 
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -12,6 +12,9 @@ from worker import keys
 from worker.producer import Producer
 from worker.tracking import get_session, track
 
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
+
 TRACK = "idvcancel.track"
 
 

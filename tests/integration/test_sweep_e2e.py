@@ -17,6 +17,9 @@ from worker.producer import Producer
 from worker.sweep import SweepReport, plan_sweep, run_sweep
 from worker.tracking import TrackedSession, record
 
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
+
 DAY = 86400.0
 
 

@@ -10,6 +10,9 @@ from tests.integration.harness import send_process, wait_for
 from worker import keys
 from worker.tracking import SessionRecord, get_session
 
+#: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
+BOTH_BROKERS = True
+
 TRACK = "idvcancel.track"
 
 
