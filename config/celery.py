@@ -21,16 +21,25 @@ Why each setting (see the README's "Delivery guarantees"):
   idempotency ledger's lease keeps the redelivered copy from calling the provider.
 - ``unacked_restore_interval`` / ``unacked_restore_throttle``: kombu 5.7 looks for
   messages past the visibility timeout every 10 s x 10; we look every 2 s.
+- ``broker_transport``: for ``redis://`` URLs, kombu's Redis transport with a checked pop
+  (``worker.broker_redis``), so a queue item that is not a kombu envelope ends
+  ``rejected`` instead of killing the worker. An explicit transport wins over the URL
+  scheme in kombu's ``Connection`` (the URL still gives host, port, password and db), so
+  the URL stays ``redis://``. Other schemes (``rediss://``, ``sentinel://``) keep kombu's
+  own transport: its TLS default for ``rediss`` is tied to the scheme name.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.settings import Settings
 from worker.contract import QUEUE
 
 PREFETCH_MULTIPLIER = 4
+#: kombu's Redis transport with the checked pop (``worker.broker_redis``).
+REDIS_TRANSPORT = "worker.broker_redis:Transport"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -46,8 +55,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 10,
         "retry_on_timeout": True,
     }
+    scheme = urlsplit(settings.redis_url).scheme
     return {
         "broker_url": settings.redis_url,
+        # None: kombu picks the transport from the URL scheme, as before.
+        "broker_transport": REDIS_TRANSPORT if scheme == "redis" else None,
         "broker_transport_options": transport,
         "broker_connection_retry_on_startup": True,
         "broker_connection_max_retries": None,  # reconnect for as long as it takes
