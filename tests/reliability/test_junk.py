@@ -6,7 +6,10 @@ at all can land where kombu expects its envelope. The contract: the worker keeps
 the record - one result event with ``request_id: null``, an audit record and a dead
 letter holding its bytes, cut short and escaped.
 
-The items are pushed with a raw ``LPUSH``, as such a producer would. One worker serves
+The items are pushed with a raw ``LPUSH``, as such a producer would: each hand-picked
+shape from ``junk.py`` on its own, then a Hypothesis batch of arbitrary ones all at once,
+and one item taken by a process that dies before answering it (kombu must hold it
+un-acked, wrapped, and hand it to the next worker). One worker serves
 the whole module (starting one per shape would cost minutes on two shared cores); every
 test starts from empty ``idvcancel:*`` keys and gets a fresh worker if a previous test
 killed it. The shapes and the strategy live in ``junk.py`` for other brokers' tests.
