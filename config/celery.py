@@ -21,6 +21,12 @@ Why each setting (see the README's "Delivery guarantees"):
   idempotency ledger's lease keeps the redelivered copy from calling the provider.
 - ``unacked_restore_interval`` / ``unacked_restore_throttle``: kombu 5.7 looks for
   messages past the visibility timeout every 10 s x 10; we look every 2 s.
+- ``broker_transport``: for ``redis://`` URLs, kombu's Redis transport with a checked pop
+  (``worker.broker_redis``), so a queue item that is not a kombu envelope ends
+  ``rejected`` instead of killing the worker. An explicit transport wins over the URL
+  scheme in kombu's ``Connection`` (the URL still gives host, port, password and db), so
+  the URL stays ``redis://``. Other schemes (``rediss://``, ``sentinel://``) keep kombu's
+  own transport: its TLS default for ``rediss`` is tied to the scheme name.
 
 On RabbitMQ (``IDVCANCEL_BROKER_URL=amqp://...``, see ``config/broker.py``) the Redis
 transport options give way to: the quorum queue and its dead-letter queue as
@@ -38,12 +44,15 @@ well under a minute with the defaults, so the broker's default is kept (README).
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from config.broker import amqp_queues
 from config.settings import Settings
 from worker.contract import QUEUE
 
 PREFETCH_MULTIPLIER = 4
+#: kombu's Redis transport with the checked pop (``worker.broker_redis``).
+REDIS_TRANSPORT = "worker.broker_redis:Transport"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -84,7 +93,13 @@ def _redis(settings: Settings) -> dict[str, Any]:
         "health_check_interval": 10,
         "retry_on_timeout": True,
     }
-    return {"broker_url": settings.broker, "broker_transport_options": transport}
+    scheme = urlsplit(settings.broker).scheme
+    return {
+        "broker_url": settings.broker,
+        # None: kombu picks the transport from the URL scheme, as before.
+        "broker_transport": REDIS_TRANSPORT if scheme == "redis" else None,
+        "broker_transport_options": transport,
+    }
 
 
 def _common(settings: Settings) -> dict[str, Any]:

@@ -4,7 +4,8 @@ Celery logs and acks a message it cannot decode, one with no task name, or one f
 task it does not know — the message is gone and nobody is told. On the ``idvcancel``
 queue every message is somebody's request, so these also end ``rejected`` with a
 result event, an audit record and a dead-letter entry (the raw body, cut short, for a
-person to inspect). Enabled by ``worker_consumer`` in ``config/celery.py``.
+person to inspect). Enabled by ``worker_consumer`` in ``config/celery.py``. Queue items
+that are not even a kombu envelope reach it too, wrapped by ``worker.broker_redis``.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from celery.worker.consumer import Consumer
 from vine import promise
 
 from config.broker import DEAD_LETTER_EXCHANGE
+from worker.broker_redis import unreadable_reason
 from worker.contract import TASK_NAME
 from worker.logs import get_logger
 
@@ -144,9 +146,20 @@ class RecordingConsumer(Consumer):
         return on_task_received
 
     def on_decode_error(self, message: Any, exc: Exception) -> None:
-        record_unreadable(message, "undecodable_message",
-                          f"the message body could not be decoded ({type(exc).__name__})")
-        super().on_decode_error(message, exc)
+        reason = unreadable_reason(message)
+        if reason is None:
+            record_unreadable(message, "undecodable_message",
+                              f"the message body could not be decoded ({type(exc).__name__})")
+            super().on_decode_error(message, exc)
+            return
+        # A queue item the transport had to wrap (worker.broker_redis): the reason is known,
+        # so no CRITICAL with a traceback and a dump of the raw bytes (which may be large or
+        # hold personal data; the dead letter keeps them, cut short). Acked like Celery does.
+        record_unreadable(message, "unreadable_envelope",
+                          f"the queue item is not a message envelope: {reason}")
+        get_logger(task_id=_message_id(message)).warning(
+            "unreadable_envelope", reason=reason, size=len(getattr(message, "body", b"")))
+        message.ack()
 
     def on_unknown_message(self, body: Any, message: Any) -> None:
         record_unreadable(message, "unknown_message", "not a Celery task message")
@@ -156,7 +169,18 @@ class RecordingConsumer(Consumer):
         headers = getattr(message, "headers", None) or {}
         name = str(headers.get("task", "?"))[:100] if isinstance(headers, dict) else "?"
         record_unreadable(message, "unknown_task", f"no task named {name!r} on this queue")
-        super().on_unknown_task(body, message, exc)
+        connection_errors: tuple[type[BaseException], ...] = tuple(
+            getattr(self, "connection_errors", ()))
+        try:
+            super().on_unknown_task(body, message, exc)
+        except connection_errors:
+            raise
+        except Exception:  # noqa: BLE001 - answered already; see below
+            # Celery names a message without an id header by decoding its body, which
+            # raises for a body it cannot decode: the message would be recorded a second
+            # time (a stray "duplicate") by the handler's catch-all. Reject it here.
+            if not message.acknowledged:
+                message.reject_log_error(logger, connection_errors)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         record_unreadable(message, "invalid_task_message",

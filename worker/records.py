@@ -22,6 +22,9 @@ COMPLETED = "completed"
 DEAD_LETTERED = "dead_lettered"
 DUPLICATE = "duplicate"
 
+#: The most of an unreadable message a dead letter keeps, in characters.
+RAW_LIMIT = 4096
+
 
 def draft(step: str, message: Message, **details: Any) -> dict[str, Any]:
     """An audit record (before sealing) for one step of one message."""
@@ -86,6 +89,24 @@ def dead_letter(
         "dead_lettered_at": result["occurred_at"],
     }
     if message.request is None and raw is not None:
-        # Kept for a person to inspect; cut short so a huge payload cannot fill Redis.
-        entry["raw"] = ascii(raw)[:4096]  # ascii(): lone surrogates stay storable
+        entry["raw"] = inspectable(raw)
     return DeadLetter(entry["id"], entry)
+
+
+def inspectable(raw: tuple[Any, ...]) -> str:
+    """``raw`` as printable ASCII of at most ``RAW_LIMIT`` characters, for a person to read.
+
+    Escaped, not base64: Python's ``ascii()`` of the parts, so invalid UTF-8 bytes read
+    ``\\xff`` and lone surrogates ``\\ud800`` while the rest stays legible, and the entry is
+    always storable JSON. Cut short so a huge payload cannot fill Redis; long bytes or text
+    are cut before escaping (an escaped byte takes at most four characters), so a 2 MB
+    message costs kilobytes of work, not megabytes.
+
+    Examples:
+        >>> inspectable((b"not json \\xff",))
+        "(b'not json \\\\xff',)"
+        >>> len(inspectable((b"x" * 2_000_000,)))
+        4096
+    """
+    cut = tuple(part[:RAW_LIMIT] if isinstance(part, bytes | str) else part for part in raw)
+    return ascii(cut)[:RAW_LIMIT]

@@ -223,31 +223,43 @@ def sim_credentials() -> dict[str, Any] | None:
     return None
 
 
-@pytest.fixture
-def rel(request: pytest.FixtureRequest, tmp_path: Path,
-        sim_credentials: dict[str, Any] | None) -> Iterator[RelStack]:
-    """A private stack for one test (no worker started: tests start their own)."""
+def open_stack(tmp_path: Path, sim_credentials: dict[str, Any] | None = None) -> RelStack:
+    """A private Redis (append-only), simulator and stack under ``tmp_path``; no worker."""
     server = RedisServer(appendonly=True, data_dir=tmp_path / "redis")
     server.start()
     sim = Simulator(credentials=sim_credentials).start()
     stack = RelStack(server, sim, tmp_path / "logs")
     stack.log_dir.mkdir()
+    return stack
+
+
+def close_stack(stack: RelStack, *, show_logs: bool = False) -> None:
+    """Stop everything ``open_stack`` started (and the stack's workers); with
+    ``show_logs``, print each worker's log tail first (a test failed)."""
+    if show_logs:
+        for proc in stack.workers:
+            print(f"\n----- {proc!r} (exit {proc.returncode}) -----\n{proc.log_tail(3000)}")
+    for proc in stack.workers:
+        with contextlib.suppress(Exception):
+            proc.stop(timeout=10)
+    with contextlib.suppress(Exception):
+        stack.producer.close()
+    close_producers()
+    stack.sim_client.close()
+    stack.redis.close()
+    stack.sim.stop()
+    stack.server.cleanup()
+
+
+@pytest.fixture
+def rel(request: pytest.FixtureRequest, tmp_path: Path,
+        sim_credentials: dict[str, Any] | None) -> Iterator[RelStack]:
+    """A private stack for one test (no worker started: tests start their own)."""
+    stack = open_stack(tmp_path, sim_credentials)
     try:
         yield stack
     finally:
         failed = any(getattr(request.node, f"rep_{when}", None) is not None
                      and getattr(request.node, f"rep_{when}").failed
                      for when in ("setup", "call"))
-        if failed:
-            for proc in stack.workers:
-                print(f"\n----- {proc!r} (exit {proc.returncode}) -----\n{proc.log_tail(3000)}")
-        for proc in stack.workers:
-            with contextlib.suppress(Exception):
-                proc.stop(timeout=10)
-        with contextlib.suppress(Exception):
-            stack.producer.close()
-        close_producers()
-        stack.sim_client.close()
-        stack.redis.close()
-        sim.stop()
-        server.cleanup()
+        close_stack(stack, show_logs=failed)
