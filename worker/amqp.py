@@ -118,7 +118,7 @@ class AmqpPublisher:
             message = amqp.Message(
                 wire.task_body(request),
                 content_type="application/json", content_encoding="utf-8",
-                application_headers=wire.task_headers(task_id),
+                application_headers=wire.amqp_headers(task_id),
                 delivery_mode=2, priority=0, correlation_id=task_id, reply_to="",
             )
             channel.basic_publish(message, exchange=QUEUE_NAME, routing_key=QUEUE_NAME)
