@@ -102,7 +102,7 @@ def test_the_reconciler_pushes_signed_copies(stack: Stack, tmp_path: Path) -> No
         "from worker.producer import Producer\n"
         "from worker.reconcile import run_reconcile\n"
         "from worker.services import redis_client\n"
-        f"s = Settings()\n"
+        "s = Settings()\n"
         "print(run_reconcile(redis_client(s.redis_url), s,"
         " sender=Producer(s.redis_url, s)).resubmitted)\n"
     )
