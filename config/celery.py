@@ -122,7 +122,7 @@ def _common(settings: Settings) -> dict[str, Any]:
         "worker_consumer": "worker.consumer:RecordingConsumer",
         "worker_send_task_events": False,
         "enable_utc": True,
-        # The abandoned-application sweep (``celery -A worker.app beat``). Several beat
+        # The periodic tasks (``celery -A worker.app beat``). The sweep: several beat
         # instances are safe: sweeps claim sessions atomically. ``expires``: a tick that
         # waited a whole interval (workers down) is dropped; the next one does its work.
         "beat_schedule": {
@@ -137,6 +137,15 @@ def _common(settings: Settings) -> dict[str, Any]:
                 "task": "idvcancel.retention",
                 "schedule": settings.retention_interval_seconds,
                 "options": {"queue": QUEUE, "expires": settings.retention_interval_seconds},
+            },
+            # Requests in the intake index that waited longer than
+            # IDVCANCEL_RECONCILE_AFTER_SECONDS without a ledger (or with a dead one) are
+            # pushed again (worker.reconcile): kombu can lose a message it popped.
+            # Several beat instances are safe: entries are claimed atomically.
+            "idvcancel-reconcile": {
+                "task": "idvcancel.reconcile",
+                "schedule": settings.reconcile_interval_seconds,
+                "options": {"queue": QUEUE, "expires": settings.reconcile_interval_seconds},
             },
         },
     }

@@ -167,6 +167,41 @@ class Settings(BaseSettings):
     # How often Celery beat enqueues ``idvcancel.retention``.
     retention_interval_seconds: float = Field(3600.0, gt=0)
 
+    # -- the reconciler: pushes again what the broker lost (worker.reconcile) --------------
+    # How often Celery beat enqueues ``idvcancel.reconcile``.
+    reconcile_interval_seconds: float = Field(60.0, gt=0)
+    # A request in the intake index this long without a ledger (or in flight with its
+    # lease / retry time this long past) is pushed again. Unset: 3 x the visibility
+    # timeout (a dead worker's messages come back after one).
+    reconcile_after_seconds: float | None = Field(None, gt=0)
+
+    @property
+    def reconcile_age_seconds(self) -> float:
+        """``IDVCANCEL_RECONCILE_AFTER_SECONDS``, or 3 x the visibility timeout when unset."""
+        if self.reconcile_after_seconds is not None:
+            return self.reconcile_after_seconds
+        return 3.0 * self.visibility_timeout_seconds
+
+    @model_validator(mode="after")
+    def _reconcile_waits_out_redelivery(self) -> Settings:
+        # Younger than the visibility timeout, a message that kombu is about to hand out
+        # again after a crash would be pushed a second time; older than a finished
+        # ledger's TTL, a copy would find no ledger and be carried out again.
+        age = self.reconcile_age_seconds
+        named = ("IDVCANCEL_RECONCILE_AFTER_SECONDS" if self.reconcile_after_seconds is not None
+                 else "IDVCANCEL_RECONCILE_AFTER_SECONDS (unset: 3 x the visibility timeout)")
+        if age <= self.visibility_timeout_seconds:
+            raise ValueError(
+                f"{named} ({age:g}) must exceed IDVCANCEL_VISIBILITY_TIMEOUT_SECONDS"
+                f" ({self.visibility_timeout_seconds}): a message waiting to be redelivered"
+                " after a crash would be pushed again")
+        if 0 < self.ledger_ttl_seconds <= age:
+            raise ValueError(
+                f"{named} ({age:g}) must be below IDVCANCEL_LEDGER_TTL_SECONDS"
+                f" ({self.ledger_ttl_seconds}): a request pushed again after its ledger"
+                " expired would be carried out again")
+        return self
+
     @field_validator("sweep_after_seconds")
     @classmethod
     def _sweep_thresholds_are_known_and_positive(cls, value: dict[str, float]

@@ -1,8 +1,8 @@
-"""``idvcancel.retention``: moves audit records older than
-``IDVCANCEL_AUDIT_RETENTION_SECONDS`` from Redis to the archive files, enqueued by Celery
-beat every ``IDVCANCEL_RETENTION_INTERVAL_SECONDS`` (``config.celery``). Thin:
-``worker.retention`` does it. (Ledgers and result events are bounded as they are written:
-the journal's ``EXPIRE`` and ``XADD MAXLEN ~``.)
+"""``idvcancel.retention``: forgets the intake index entries that no longer matter and
+moves audit records older than ``IDVCANCEL_AUDIT_RETENTION_SECONDS`` from Redis to the
+archive files, enqueued by Celery beat every ``IDVCANCEL_RETENTION_INTERVAL_SECONDS``
+(``config.celery``). Thin: ``worker.retention`` does it. (Ledgers and result events are
+bounded as they are written: the journal's ``EXPIRE`` and ``XADD MAXLEN ~``.)
 
 It takes no arguments on purpose, like the sweep: a message cannot move the cut.
 Operators run the same thing by hand with ``idvcancel audit archive``.
@@ -20,7 +20,7 @@ from config.settings import get_settings
 from worker import keys
 from worker.app import app
 from worker.logs import get_logger
-from worker.retention import ArchiveBusy, ArchiveError, archive_audit
+from worker.retention import ArchiveBusy, ArchiveError, archive_audit, trim_intake
 from worker.tracking import shared_client
 
 TASK_NAME = "idvcancel.retention"
@@ -37,6 +37,9 @@ def retention(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
     settings = get_settings()
     client = shared_client(settings)
     try:
+        # First, and whatever the archive's fate: the index needs no lock and no disk.
+        intake = trim_intake(client, settings.ledger_ttl_seconds, time.time())
+        log.info("intake_trimmed", **intake.summary())
         report = archive_audit(client, settings.audit_archive_dir,
                                settings.audit_retention_seconds, time.time())
     except ArchiveBusy as exc:  # another run is at it: the next tick carries on
@@ -54,6 +57,7 @@ def retention(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
         log.error("retention_failed", error=type(exc).__name__, detail=str(exc))
         return _error("archive_io", str(exc))
     summary = report.summary()
+    summary["intake"] = intake.summary()
     summary["audit_length"] = int(client.xlen(keys.AUDIT))
     summary["results_length"] = int(client.xlen(keys.RESULTS))
     if report.broken is not None:

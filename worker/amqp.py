@@ -18,6 +18,7 @@ Signed messages go through Celery (``worker.producer``).
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 from collections.abc import Sequence
@@ -116,9 +117,9 @@ class AmqpPublisher:
         for request in requests:
             task_id = wire.new_task_id()
             message = amqp.Message(
-                wire.task_body(request),
+                wire.task_body_json(json.dumps(request)),
                 content_type="application/json", content_encoding="utf-8",
-                application_headers=wire.amqp_headers(task_id),
+                application_headers=wire.amqp_headers(task_id, str(request["request_id"])),
                 delivery_mode=2, priority=0, correlation_id=task_id, reply_to="",
             )
             channel.basic_publish(message, exchange=QUEUE_NAME, routing_key=QUEUE_NAME)

@@ -274,8 +274,9 @@ def results(follow: bool, new_only: bool, request_id: str | None, provider: str 
 @main.command()
 @click.argument("request_id")
 def status(request_id: str) -> None:
-    """Show one request: its ledger (phase, attempts, outcome, replays), result event(s),
-    dead letter and audit trail. Exit 1 when nothing is known about it.
+    """Show one request: its ledger (phase, attempts, outcome, replays), whether it is in
+    the intake index (pushed, not yet done), result event(s), dead letter and audit trail.
+    Exit 1 when nothing is known about it.
 
     Reads the audit and result streams from the start: fine for a person, not a script
     that asks about every request.

@@ -145,6 +145,13 @@ class RedisServer:
     The server runs with no RDB snapshots (``--save ""``), ``noeviction`` (a queue must
     never lose keys to memory pressure) and protected mode; its log is
     ``<data_dir>/redis.log``.
+
+    ``appendfsync`` (with ``appendonly=True``): Redis's default ``everysec`` fsyncs the
+    append-only file once a second, so a crash of the machine (or of Redis while an fsync
+    is slow and writes are postponed) can lose up to about two seconds of writes that
+    clients were told had happened: a push and its intake index entry together, or the
+    step that finished a request. ``always`` fsyncs before answering; the reliability
+    tests run with it, and the README recommends it for the Redis holding the ledger.
     """
 
     def __init__(
@@ -152,12 +159,16 @@ class RedisServer:
         port: int | None = None,
         *,
         appendonly: bool = False,
+        appendfsync: str = "everysec",
         data_dir: Path | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
+        if appendfsync not in {"always", "everysec", "no"}:
+            raise ValueError(f"appendfsync must be always, everysec or no, not {appendfsync!r}")
         self._port_was_given = port is not None
         self._port = port if port is not None else _free_port()
         self.appendonly = appendonly
+        self.appendfsync = appendfsync
         self.extra_args: tuple[str, ...] = tuple(extra_args)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if data_dir is None:
@@ -214,6 +225,8 @@ class RedisServer:
             "noeviction",
             "--appendonly",
             "yes" if self.appendonly else "no",
+            "--appendfsync",
+            self.appendfsync,
             "--dir",
             str(self.data_dir),
             "--logfile",
@@ -347,7 +360,8 @@ class RedisServer:
 
     def __repr__(self) -> str:
         state = f"pid={self._proc.pid}" if self.is_running() and self._proc else "stopped"
-        return f"RedisServer({self.url}, {state}, appendonly={self.appendonly})"
+        return (f"RedisServer({self.url}, {state}, appendonly={self.appendonly}, "
+                f"appendfsync={self.appendfsync})")
 
 
 def ensure_redis(url: str | None) -> tuple[str, RedisServer | None]:

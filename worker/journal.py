@@ -22,11 +22,13 @@ import redis
 
 from worker import audit, keys
 from worker.contract import canonical_json
+from worker.ledger import DONE
 
 _LUA = resources.files("worker").joinpath("lua/transition.lua").read_text()
 #: Most steps sent in one script call (bounds how long Redis is busy with one call).
 MAX_BATCH = 256
-_FIXED_KEYS = [keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX]
+_FIXED_KEYS = [keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX,
+               keys.INTAKE, keys.INTAKE_REQUESTS]
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,7 @@ class DeadLetter:
 class _Step:
     ledger_key: str
     expected_version: int
-    fixed: list[str]  # ledger JSON, event, dead letter, dead-letter id, TTL
+    fixed: list[str]  # ledger JSON, event, dead letter, dead-letter id, TTL, forget
     records: Sequence[Mapping[str, Any]]
     done: threading.Event = field(default_factory=threading.Event)
     result: Moved | None = None
@@ -90,16 +92,49 @@ class Journal:
         ledger_ttl: int | None = None,
     ) -> Moved | None:
         """Apply one step; None when applied, ``Moved`` when the ledger moved first."""
+        step = self._step(ledger_key, expected_version, ledger=ledger, records=records,
+                          event=event, dead_letter=dead_letter, ledger_ttl=ledger_ttl)
+        return self._wait([step])[0]
+
+    def apply_many(self, steps: Sequence[tuple[str, int, Sequence[Mapping[str, Any]]]]
+                   ) -> list[Moved | None]:
+        """Append audit records to several ledgers' requests in as few script calls as
+        the batch size allows (``(ledger key, expected version, records)`` each; the
+        ledgers themselves are left as they are). One answer per step, as ``apply``."""
+        made = [self._step(key, version, records=records) for key, version, records in steps]
+        return self._wait(made)
+
+    def _step(self, ledger_key: str, expected_version: int, *,
+              ledger: Mapping[str, str] | None = None,
+              records: Sequence[Mapping[str, Any]] = (),
+              event: Mapping[str, Any] | None = None,
+              dead_letter: DeadLetter | None = None,
+              ledger_ttl: int | None = None) -> _Step:
         ttl = self.ledger_ttl if ledger_ttl is None else ledger_ttl
-        step = _Step(ledger_key, expected_version, [
+        # A finished request leaves the intake index in the same step (one ZREM, one
+        # HDEL): the index holds requests in flight only, and nothing else removes them.
+        done = ledger is not None and ledger.get("phase") == DONE
+        forget = (keys.request_id_of_ledger(ledger_key) or "") if done else ""
+        return _Step(ledger_key, expected_version, [
             json.dumps(ledger) if ledger is not None else "",
             canonical_json(event) if event is not None else "",
             canonical_json(dead_letter.entry) if dead_letter else "",
             dead_letter.entry_id if dead_letter else "",
             str(ttl),
+            forget,
         ], records)
+
+    def _wait(self, steps: list[_Step]) -> list[Moved | None]:
         with self._queue_lock:
-            self._queue.append(step)
+            self._queue.extend(steps)
+        for step in steps:
+            self._until_done(step)
+        for step in steps:
+            if step.error is not None:
+                raise step.error
+        return [step.result for step in steps]
+
+    def _until_done(self, step: _Step) -> None:
         while not step.done.is_set():
             if self._flush.acquire(blocking=False):
                 try:
@@ -107,9 +142,6 @@ class Journal:
                 finally:
                     self._flush.release()
             step.done.wait(0.002)
-        if step.error is not None:
-            raise step.error
-        return step.result
 
     def _drain(self, own: _Step) -> None:
         # Until our own step is written, then hand over: a thread that kept writing for
@@ -133,7 +165,7 @@ class Journal:
             head = self._head
             for step in batch:
                 sealed, head = audit.seal_all(step.records, head)
-                args += [str(step.expected_version), *step.fixed[:4], step.fixed[4],
+                args += [str(step.expected_version), *step.fixed,
                          str(len(sealed)), head, *(canonical_json(r) for r in sealed)]
             reply = self._script(keys=[*_FIXED_KEYS, *(s.ledger_key for s in batch)],
                                  args=args)

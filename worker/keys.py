@@ -15,11 +15,18 @@
 | ``idvcancel:track:claimed:<p>`` | sorted set, score = claim time (s) | cancels being enqueued |
 | ``idvcancel:track:session:<p>:<ref>`` | hash | one tracked session and its state |
 | ``idvcancel:track:apps:<p>`` | hash application id → ref | in-flight session per application |
+| ``idvcancel:intake`` | sorted set, score = pushed (s) | request ids pushed, not yet done |
+| ``idvcancel:intake:requests`` | hash request id → request JSON | what a resubmission sends |
 
 The chain left in ``idvcancel:audit`` continues from ``idvcancel:audit:archived`` once
 older records were moved to the archive files (``worker.retention``).
 ``<p>`` is a provider. The ``track:*`` keys belong to ``worker.tracking`` and ``worker.sweep``
 (see ``lua/track.lua`` and ``lua/sweep.lua``).
+The ``intake`` keys are the intake index (``worker.reconcile``): written with every push by
+``worker.producer`` (``lua/push.lua``), a member leaves when its ledger is done
+(``lua/transition.lua``), and the reconciler resubmits what has waited too long
+(``lua/reconcile.lua``). Its score is when the request was last pushed (or last looked
+at by the reconciler).
 """
 
 from __future__ import annotations
@@ -33,10 +40,27 @@ AUDIT_ARCHIVED = "idvcancel:audit:archived"
 AUDIT_ARCHIVE_LOCK = "idvcancel:audit:archive:lock"
 DLQ = "idvcancel:dlq"
 DLQ_INDEX = "idvcancel:dlq:index"
+#: The intake index: request id → when it was (last) pushed, and → its request JSON.
+INTAKE = "idvcancel:intake"
+INTAKE_REQUESTS = "idvcancel:intake:requests"
+#: Prefix of request ledgers; ``request_ledger`` appends the id (the Lua scripts too).
+REQUEST_LEDGER_PREFIX = "idvcancel:req:"
 
 
 def request_ledger(request_id: str) -> str:
-    return f"idvcancel:req:{request_id}"
+    return REQUEST_LEDGER_PREFIX + request_id
+
+
+def request_id_of_ledger(ledger_key: str) -> str | None:
+    """The request id whose ledger is ``ledger_key`` (None for a message ledger).
+
+    Examples:
+        >>> request_id_of_ledger("idvcancel:req:r-1"), request_id_of_ledger("idvcancel:msg:t")
+        ('r-1', None)
+    """
+    if ledger_key.startswith(REQUEST_LEDGER_PREFIX):
+        return ledger_key[len(REQUEST_LEDGER_PREFIX):]
+    return None
 
 
 def message_ledger(task_id: str) -> str:

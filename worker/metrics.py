@@ -25,6 +25,9 @@ DUPLICATES = Counter("idvcancel_duplicates_total", "Deliveries of requests alrea
                      ["provider"])
 LATENCY = Histogram("idvcancel_provider_latency_seconds", "Provider call duration",
                     ["provider"], buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+RESUBMITTED = Counter("idvcancel_resubmitted_total",
+                      "Requests the reconciler pushed again, by the ledger phase it found",
+                      ["phase"])
 BREAKER_STATE = Gauge("idvcancel_breaker_state",
                       "Circuit breaker as last seen here: 0 closed, 1 open, 2 half-open",
                       ["provider"])

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from importlib import resources
 from typing import Any
 
 import redis
@@ -24,14 +26,18 @@ from pydantic import ValidationError
 from config.broker import DEFAULT_DELIVERY_LIMIT, is_amqp
 from config.celery import rabbitmq_options
 from config.settings import Settings
-from worker import wire
+from worker import keys, wire
 from worker.amqp import AmqpPublisher
 from worker.contract import QUEUE, TASK_NAME, CancelRequest
 from worker.intake import describe
 from worker.security import configure_signing
 
-#: Messages sent in one Redis command (one multi-value LPUSH) by ``submit_many``.
+#: Messages sent in one Redis command (one ``lua/push.lua`` call: a multi-value LPUSH
+#: and the intake index entries) by ``submit_many``.
 BATCH_SIZE = 500
+
+_PUSH_LUA = resources.files("worker").joinpath("lua/push.lua").read_text()
+_PUSH_KEYS = (QUEUE, keys.INTAKE, keys.INTAKE_REQUESTS)
 
 
 class InvalidRequest(ValueError):
@@ -105,16 +111,28 @@ _REPRS: dict[str, Any] = {"argsrepr": "(request,)", "kwargsrepr": "{}"}
 
 
 class Producer:
-    """Sends ``idvcancel.process`` messages to the broker.
+    """Sends ``idvcancel.process`` messages to the broker, and writes each request to the
+    intake index (``worker.reconcile``) with its push, so that a message the broker loses
+    is pushed again by the reconciler.
+
+    When broker and state share one Redis (``IDVCANCEL_REDIS_URL``), unsigned messages
+    and their index entries go in one script call (``lua/push.lua``). Signed messages
+    must go through Celery's serializer, and on RabbitMQ the broker is another server:
+    there the entries are written just before the send (a crash in between leaves an
+    entry without a message, which the reconciler sends).
 
     Parameters:
         redis_url: the state store's Redis (and the broker when no other is given).
         settings: signing and, through ``IDVCANCEL_BROKER_URL``, the broker.
         broker_url: the broker, overriding ``settings`` (``amqp://`` for RabbitMQ).
+        client: the Redis to push to instead of one for ``redis_url`` (tests pass
+            fakeredis).
+        clock: the push time written to the intake index.
     """
 
     def __init__(self, redis_url: str, settings: Settings | None = None, *,
-                 broker_url: str | None = None) -> None:
+                 broker_url: str | None = None, client: redis.Redis | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.broker_url = broker_url or (settings.broker_url if settings else "") or redis_url
         delivery_limit = settings.delivery_limit if settings else DEFAULT_DELIVERY_LIMIT
         self.app = Celery("idvcancel-producer", broker=self.broker_url, set_as_current=False)
@@ -127,16 +145,19 @@ class Producer:
             self.amqp = AmqpPublisher(self.broker_url, delivery_limit)
         #: Signed messages must go through Celery's auth serializer.
         self.signed = settings is not None and configure_signing(self.app, settings)
-        self.redis = redis.Redis.from_url(redis_url)
+        self.redis = client if client is not None else redis.Redis.from_url(redis_url)
+        self._push_script = self.redis.register_script(_PUSH_LUA)
+        self.clock = clock
 
     def submit(self, request: CancelRequest | Mapping[str, Any]) -> str:
         """Validate and enqueue one request; returns its ``request_id``."""
         valid = validate(request)
-        if self.amqp is not None and not self.signed:
-            self.amqp.publish([valid.model_dump(mode="json")])
+        if self.signed:
+            self._send_through_celery([valid], BATCH_SIZE, None)
+        elif self.amqp is not None:
+            self._publish([valid], BATCH_SIZE, None)
         else:
-            self.app.send_task(TASK_NAME, args=[valid.model_dump(mode="json")], queue=QUEUE,
-                               **_REPRS)
+            self._push([valid], BATCH_SIZE, None)
         return valid.request_id
 
     def submit_many(
@@ -162,8 +183,10 @@ class Producer:
         If the broker fails mid-way the call raises (``redis.ConnectionError``;
         ``worker.amqp.PublishNotConfirmed`` or a connection error on RabbitMQ; kombu's
         ``BatchPublishError`` when messages are signed) and the chunks before it are
-        already queued: submitting the same requests again is safe, because a request
-        id is carried out once (a second copy only adds a ``duplicate`` audit record).
+        already queued, with their intake index entries (the last of them possibly not
+        yet reported to ``on_sent``): submitting the same requests again is safe, because
+        a request id is carried out once (a second copy only adds a ``duplicate`` audit
+        record).
 
         Examples:
             >>> producer.submit_many(requests, on_sent=bar.update)  # doctest: +SKIP
@@ -173,39 +196,109 @@ class Producer:
         if self.signed:
             self._send_through_celery(valid, batch_size, on_sent)
         elif self.amqp is not None:
-            for chunk in _chunks(valid, batch_size):
-                self.amqp.publish([r.model_dump(mode="json") for r in chunk])
-                if on_sent is not None:
-                    on_sent(len(chunk))
+            self._publish(valid, batch_size, on_sent)
         else:
             self._push(valid, batch_size, on_sent)
         return [r.request_id for r in valid]
 
     def _push(self, valid: Sequence[CancelRequest], batch_size: int,
               on_sent: Callable[[int], None] | None) -> None:
-        """The protocol-2 entries (``worker.wire``), one multi-value LPUSH per chunk.
+        """The protocol-2 entries (``worker.wire``) and their index entries, one
+        ``lua/push.lua`` call per chunk (a multi-value LPUSH, a ZADD, an HSET).
 
         ``LPUSH q a b c`` inserts a, then b, then c at the head: the same order as three
         single pushes, with one reply to parse instead of one per message, and a chunk
-        is on the queue whole or not at all.
+        is on the queue, and in the index, whole or not at all.
+
+        The next chunk is encoded while Redis runs the previous one (one call in flight
+        on one connection): the script costs Redis ~2.5 ms per 500, about a fifth of what
+        the encoding costs here, and without the overlap bulk submission lost that fifth.
         """
-        for chunk in _chunks(valid, batch_size):
-            self.redis.lpush(QUEUE, *(wire.encode(r.model_dump(mode="json")) for r in chunk))
+        chunks = _chunks(valid, batch_size)
+        first = next(chunks, None)
+        if first is None:
+            return
+        if len(first) == len(valid):  # one chunk: nothing to overlap
+            self._push_script(keys=_PUSH_KEYS, args=self._push_args(first))
             if on_sent is not None:
-                on_sent(len(chunk))
+                on_sent(len(first))
+            return
+        pool = self.redis.connection_pool
+        conn = pool.get_connection()
+        try:
+            # EVAL, not EVALSHA: a Redis restarted mid-run has no script cache to miss,
+            # and the script's text is nothing beside 500 messages.
+            conn.send_command(  # type: ignore[no-untyped-call]
+                "EVAL", _PUSH_LUA, len(_PUSH_KEYS), *_PUSH_KEYS, *self._push_args(first))
+            sent = len(first)
+            for chunk in chunks:
+                args = self._push_args(chunk)
+                conn.read_response()
+                if on_sent is not None:
+                    on_sent(sent)
+                conn.send_command(  # type: ignore[no-untyped-call]
+                    "EVAL", _PUSH_LUA, len(_PUSH_KEYS), *_PUSH_KEYS, *args)
+                sent = len(chunk)
+            conn.read_response()
+            if on_sent is not None:
+                on_sent(sent)
+        except BaseException:
+            # a reply may still be on its way: never reuse this socket
+            conn.disconnect()  # type: ignore[no-untyped-call]
+            raise
+        finally:
+            pool.release(conn)
+
+    def _push_args(self, chunk: Sequence[CancelRequest]) -> list[str | int]:
+        """``lua/push.lua``'s ARGV for ``chunk``: the count, the queue entries, then the
+        ZADD and HSET pairs ready to unpack (building them in Lua cost more)."""
+        now = f"{self.clock():.3f}"
+        ids = [r.request_id for r in chunk]
+        texts = [json.dumps(r.model_dump(mode="json")) for r in chunk]
+        args: list[str | int] = [len(chunk)]
+        args += map(wire.encode_json, texts, ids)
+        for request_id in ids:
+            args += (now, request_id)
+        for request_id, text in zip(ids, texts, strict=True):
+            args += (request_id, text)
+        return args
+
+    def _index(self, chunk: Sequence[CancelRequest]) -> None:
+        """Write ``chunk`` to the intake index (one MULTI: both keys or neither), before
+        the messages are sent through Celery."""
+        now = self.clock()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.zadd(keys.INTAKE, {r.request_id: now for r in chunk}, nx=True)
+        pipe.hset(keys.INTAKE_REQUESTS, mapping={
+            r.request_id: json.dumps(r.model_dump(mode="json")) for r in chunk})
+        pipe.execute()
 
     def _send_through_celery(self, valid: Sequence[CancelRequest], batch_size: int,
                              on_sent: Callable[[int], None] | None) -> None:
         with self.app.producer_or_acquire() as producer:
             batch = getattr(producer, "batch", None)
             for chunk in _chunks(valid, batch_size):
+                self._index(chunk)
                 context = batch(batch_size) if callable(batch) else contextlib.nullcontext()
                 with context:  # flushed (one pipeline round trip) on a clean exit
                     for request in chunk:
-                        self.app.send_task(TASK_NAME, args=[request.model_dump(mode="json")],
-                                           queue=QUEUE, producer=producer, **_REPRS)
+                        self.app.send_task(
+                            TASK_NAME, args=[request.model_dump(mode="json")], queue=QUEUE,
+                            producer=producer,
+                            headers={wire.REQUEST_ID_HEADER: request.request_id}, **_REPRS)
                 if on_sent is not None:
                     on_sent(len(chunk))
+
+    def _publish(self, valid: Sequence[CancelRequest], batch_size: int,
+                 on_sent: Callable[[int], None] | None) -> None:
+        """RabbitMQ: index entries first (the state Redis), then the chunk under
+        publisher confirms."""
+        assert self.amqp is not None
+        for chunk in _chunks(valid, batch_size):
+            self._index(chunk)
+            self.amqp.publish([r.model_dump(mode="json") for r in chunk])
+            if on_sent is not None:
+                on_sent(len(chunk))
 
     def close(self) -> None:
         if self.amqp is not None:

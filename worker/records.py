@@ -6,6 +6,7 @@ dates of birth, document numbers) can reach a record by accident.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from worker.contract import Outcome, utc_now_iso
@@ -21,6 +22,8 @@ RECOVERY = "recovery"
 COMPLETED = "completed"
 DEAD_LETTERED = "dead_lettered"
 DUPLICATE = "duplicate"
+#: The reconciler pushed a request again (``worker.reconcile``): its message was lost.
+RESUBMITTED = "resubmitted"
 
 #: The most of an unreadable message a dead letter keeps, in characters.
 RAW_LIMIT = 4096
@@ -40,6 +43,27 @@ def draft(step: str, message: Message, **details: Any) -> dict[str, Any]:
         "action": message.field("action"),
         "reference": message.field("reference"),
         **details,
+    }
+
+
+def resubmitted(request: Mapping[str, Any], *, phase: str, waited_s: float
+                ) -> dict[str, Any]:
+    """The audit draft of a reconciler's resubmission: ``draft``'s keys (there is no
+    message, and no task yet), the ledger phase it found ("" = none) and how long the
+    request had been in the intake index since it was last pushed."""
+    return {
+        "step": RESUBMITTED,
+        "at": utc_now_iso(),
+        "request_id": request["request_id"],
+        "task_id": None,
+        "requested_by": request.get("requested_by"),
+        "source": request.get("source"),
+        "reason": request.get("reason"),
+        "provider": request.get("provider"),
+        "action": request.get("action"),
+        "reference": request.get("reference"),
+        "phase": phase or None,
+        "waited_s": round(waited_s, 3),
     }
 
 

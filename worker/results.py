@@ -133,10 +133,14 @@ def status(client: redis.Redis, request_id: str) -> dict[str, Any]:
              if record.get("request_id") == request_id]
     results = list(follow(client, request_id=request_id, block_ms=None))
     dead_letter = deadletters.get(client, request_id)
+    # In the intake index: pushed and not yet done (when it was last pushed or looked at).
+    pushed = client.zscore(keys.INTAKE, request_id)
+    intake = None if pushed is None else {"pushed_at": float(pushed)}
     return {
         "request_id": request_id,
-        "found": bool(ledger or audit or results or dead_letter),
+        "found": bool(ledger or audit or results or dead_letter or intake),
         "ledger": ledger,
+        "intake": intake,
         "results": results,
         "dead_letter": dead_letter,
         "audit": audit,

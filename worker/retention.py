@@ -1,11 +1,17 @@
 """Retention: what keeps Redis bounded while requests accumulate.
 
-Three things grow with every request, and each has its bound:
+Four things grow with every request, and each has its bound:
 
 - **Ledgers** (``idvcancel:req:<id>``): a finished ledger expires after
   ``IDVCANCEL_LEDGER_TTL_SECONDS`` (the journal's ``EXPIRE``; ledgers in flight carry
   none). A duplicate arriving after that is carried out again.
 - **Result events** (``idvcancel:results``): ``XADD MAXLEN ~ IDVCANCEL_RESULTS_MAXLEN``.
+- **The intake index** (``idvcancel:intake`` and ``idvcancel:intake:requests``, see
+  ``worker.reconcile``): an entry leaves when its ledger becomes done (the journal's
+  step). ``trim_intake`` forgets what can stay behind: copies pushed after the request
+  ended, entries pushed longer ago than ``IDVCANCEL_LEDGER_TTL_SECONDS`` that never got
+  a ledger (pushing them again could carry out a request whose ledger expired), request
+  JSON without an index entry, and entries without JSON (``lua/intake_trim.lua``).
 - **Audit records** (``idvcancel:audit``): this module. ``archive_audit`` moves records
   older than ``IDVCANCEL_AUDIT_RETENTION_SECONDS`` to append-only JSON Lines files, one
   per UTC day of the record's stream id (``audit-YYYY-MM-DD.jsonl``), one line per record::
@@ -47,6 +53,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +72,10 @@ FILE_PREFIX = "audit-"
 FILE_SUFFIX = ".jsonl"
 #: How many times a verification is run again when an archive run moved records under it.
 VERIFY_ATTEMPTS = 3
+
+_INTAKE_TRIM_LUA = resources.files("worker").joinpath("lua/intake_trim.lua").read_text()
+#: Index entries looked at per ``lua/intake_trim.lua`` call.
+INTAKE_PAGE = 500
 
 _REFRESH_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
@@ -170,6 +181,70 @@ def archived_head(client: redis.Redis) -> ArchivedHead | None:
     except (KeyError, ValueError) as exc:
         raise ArchiveError(f"{keys.AUDIT_ARCHIVED} is unreadable ({raw!r})") from exc
     return head
+
+
+# -- the intake index ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IntakeReport:
+    """What one ``trim_intake`` run forgot, by reason, and what is left."""
+
+    done: int = 0
+    expired: int = 0
+    orphans: int = 0
+    empty: int = 0
+    left: int = 0
+
+    def summary(self) -> dict[str, int]:
+        return {"done": self.done, "expired": self.expired, "orphans": self.orphans,
+                "empty": self.empty, "left": self.left}
+
+
+def trim_intake(client: redis.Redis, ledger_ttl_seconds: int, now: float | None = None,
+                *, page: int = INTAKE_PAGE) -> IntakeReport:
+    """Forget the intake index entries that no longer matter (``lua/intake_trim.lua``).
+
+    One pass over the index (``ZSCAN``), and over the request hash only when it holds
+    more entries than the index (orphans), a page per script call. O(n) in the requests
+    in flight, once per retention run.
+
+    Parameters:
+        client: a Redis client (``decode_responses=True``).
+        ledger_ttl_seconds: entries older than this with no ledger are forgotten (0:
+            never, ledgers are kept forever).
+        now: epoch seconds (default: the clock).
+        page: entries per script call.
+    """
+    now = time.time() if now is None else now
+    bound = f"{now - ledger_ttl_seconds:.3f}" if ledger_ttl_seconds > 0 else ""
+    script = client.register_script(_INTAKE_TRIM_LUA)
+    totals = [0, 0, 0, 0]
+
+    def trim(ids: list[str]) -> None:
+        if ids:
+            reply = script(keys=[keys.INTAKE, keys.INTAKE_REQUESTS],
+                           args=[keys.REQUEST_LEDGER_PREFIX, bound, *ids])
+            for i, count in enumerate(reply):
+                totals[i] += int(count)
+
+    ids: list[str] = []
+    for member, _score in client.zscan_iter(keys.INTAKE, count=page):
+        ids.append(str(member))
+        if len(ids) >= page:
+            trim(ids)
+            ids = []
+    trim(ids)
+    if int(client.hlen(keys.INTAKE_REQUESTS)) > int(client.zcard(keys.INTAKE)):
+        ids = []
+        for name, _json in client.hscan_iter(keys.INTAKE_REQUESTS, count=page):
+            ids.append(str(name))
+            if len(ids) >= page:
+                trim(ids)
+                ids = []
+        trim(ids)
+    done, expired, orphans, empty = totals
+    return IntakeReport(done, expired, orphans, empty, left=int(client.zcard(keys.INTAKE)))
 
 
 # -- walking a chain ---------------------------------------------------------------------

@@ -262,6 +262,18 @@ def test_status_shows_ledger_results_and_audit(stack: Stack) -> None:
     assert [e["outcome"] for e in shown["results"]] == ["cancelled"]
     assert [r["step"] for r in shown["audit"]] == ["received", "attempt", "completed"]
     assert shown["dead_letter"] is None
+    assert shown["intake"] is None  # done: no longer in the intake index
+
+
+def test_status_knows_a_request_that_is_queued_but_not_yet_delivered(stack: Stack) -> None:
+    # Given a request in the intake index whose message no worker has taken yet
+    stack.redis.zadd("idvcancel:intake", {"queued-1": 1_700_000_000.5})
+    # When its status is asked
+    proc = run_cli(stack, "status", "queued-1")
+    # Then it is known: pushed, no ledger yet
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["intake"] == {"pushed_at": 1_700_000_000.5} and shown["ledger"] is None
 
 
 def test_status_of_an_unknown_request_exits_1(stack: Stack) -> None:

@@ -1,6 +1,7 @@
 """Producers end to end, on both brokers: ``Producer.submit_many`` sending a batch, the
-documented wire format sent with a plain client (a Redis LPUSH; an AMQP publish), and
-the runnable examples in ``docs/examples`` against the stack."""
+documented wire format sent with a plain client (a Redis LPUSH, with and without the
+documented intake index commands; an AMQP publish), and the runnable examples in
+``docs/examples`` against the stack."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import pytest
 
 from config.broker import is_amqp
 from tests.integration.conftest import Stack, seed
+from tests.integration.harness import wait_for
 
 #: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
 BOTH_BROKERS = True
@@ -39,6 +42,9 @@ def test_submit_many_pipelines_a_batch_that_is_carried_out(stack: Stack) -> None
     found = stack.results(ids, timeout=60)
     assert {e["outcome"] for e in found.values()} == {"cancelled"}
     assert len(stack.sim_client.calls("idpass", effective=True)) == 120
+    # and, all done, none is left in the intake index
+    assert stack.redis.zcard("idvcancel:intake") == 0
+    assert stack.redis.hlen("idvcancel:intake:requests") == 0
 
 
 def wire_message(request: dict[str, Any], task_id: str) -> dict[str, Any]:
@@ -80,6 +86,31 @@ def test_a_raw_lpush_of_the_wire_format_is_carried_out(stack: Stack) -> None:
     event = stack.result(request["request_id"])
     assert event["outcome"] == "cancelled" and event["attempts"] == 2
     assert event["task_id"] == task_id
+
+
+def test_a_foreign_push_with_the_documented_index_commands_is_indexed_until_done(
+        stack: Stack) -> None:
+    if is_amqp(stack.broker_url):
+        pytest.skip("the recipe is for producers that LPUSH onto the Redis queue")
+    # Given a live session and a provider slow enough to watch the request in flight
+    request = stack.request()
+    seed(stack, "idpass", request["reference"], "new")
+    stack.sim_client.set_faults("idpass", latency_ms=1500)
+    # When a foreign producer pushes the documented message and, in the same MULTI, the
+    # two intake index commands of the README
+    pipe = stack.redis.pipeline(transaction=True)
+    pipe.lpush("idvcancel", json.dumps(wire_message(request, str(uuid.uuid4()))))
+    pipe.zadd("idvcancel:intake", {request["request_id"]: time.time()}, nx=True)
+    pipe.hset("idvcancel:intake:requests", request["request_id"], json.dumps(request))
+    pipe.execute()
+    # Then it is in the index while the worker calls the provider
+    assert wait_for(lambda: stack.redis.hget(
+        f"idvcancel:req:{request['request_id']}", "phase") == "calling", timeout=30)
+    assert stack.redis.zscore("idvcancel:intake", request["request_id"]) is not None
+    # and leaves it with the step that finishes it
+    assert stack.result(request["request_id"])["outcome"] == "cancelled"
+    assert stack.redis.zcard("idvcancel:intake") == 0
+    assert stack.redis.hlen("idvcancel:intake:requests") == 0
 
 
 def run_example(stack: Stack, name: str, *args: str, timeout: float = 60

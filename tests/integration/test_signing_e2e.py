@@ -81,3 +81,39 @@ def test_signed_messages_run_and_forged_ones_are_refused_on_the_record(
     assert stack.redis.hlen("idvcancel:dlq") == 2
     assert sum(r["step"] == "rejected" for r in stack.audit()) == 2
     stack.assert_chain_intact()
+    # And the signed one, done, has left the intake index
+    assert stack.redis.zscore("idvcancel:intake", signed["request_id"]) is None
+
+
+def test_the_reconciler_pushes_signed_copies(stack: Stack, tmp_path: Path) -> None:
+    # Given workers that accept only signed messages, and a request whose producer died
+    # between its index entry and its send (an entry with no message), long ago
+    store = tmp_path / "trusted"
+    store.mkdir()
+    key, cert = make_identity(store, "producer")
+    signing = {"IDVCANCEL_SIGNING_KEY": str(key), "IDVCANCEL_SIGNING_CERTIFICATE": str(cert),
+               "IDVCANCEL_SIGNING_CERT_STORE": str(store / "*.pem")}
+    stack.workers[0].stop()
+    stack.start_worker(**signing)
+    orphan = stack.request()
+    seed(stack, "idpass", orphan["reference"], "new")
+    stack.redis.zadd("idvcancel:intake", {orphan["request_id"]: 1_000_000_000})
+    stack.redis.hset("idvcancel:intake:requests", orphan["request_id"], json.dumps(orphan))
+    # When a reconcile run (with the signing settings, as the worker's own task has) runs
+    code = (
+        "from config.settings import Settings\n"
+        "from worker.producer import Producer\n"
+        "from worker.reconcile import run_reconcile\n"
+        "from worker.services import redis_client\n"
+        "s = Settings()\n"
+        "print(run_reconcile(redis_client(s.redis_url), s,"
+        " sender=Producer(s.redis_url, s)).resubmitted)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env={**stack.env, **signing},
+                         check=True, cwd=REPO, timeout=60, capture_output=True, text=True)
+    # Then it pushed a signed copy, which the workers accept and carry out
+    assert out.stdout.splitlines()[-1] == repr([orphan["request_id"]])  # after the log lines
+    assert stack.result(orphan["request_id"])["outcome"] == "cancelled"
+    assert [r["step"] for r in stack.audit(orphan["request_id"])] == [
+        "resubmitted", "received", "attempt", "completed"]
+    assert stack.redis.zcard("idvcancel:intake") == 0

@@ -1,5 +1,6 @@
-"""The reliability stack: a private Redis (append-only, restartable), a private simulator
-and real worker processes, fresh for every test.
+"""The reliability stack: a private Redis (append-only, fsynced before every answer,
+restartable), a private simulator, real worker processes and, for the tests that need
+the reconciler, a real ``celery beat``, fresh for every test.
 
 Each test gets its own everything because each fault needs its own worker settings
 (budgets, breaker, rate limits) and because the faults themselves (``kill -9``, a Redis
@@ -15,7 +16,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
@@ -30,7 +35,7 @@ import redis
 from tests.integration.conftest import Stack
 from tests.integration.harness import close_producers
 from worker.embedded import RedisServer
-from worker.procs import WorkerProcess
+from worker.procs import REPO_ROOT, WorkerProcess
 from worker.simulator.server import Simulator
 
 RELIABILITY_DIR = Path(__file__).resolve().parent
@@ -39,14 +44,19 @@ RELIABILITY_DIR = Path(__file__).resolve().parent
 #: visibility >= 2 * (retry cap + HTTP timeout) = 2 * (0.3 + 2) = 4.6 s. The lease is
 #: shorter than the visibility timeout, so a redelivered message finds it expired.
 #: No rate limit by default (TXCloud's default 1/s would make the multi-provider tests
-#: crawl); the rate-limit tests set their own.
+#: crawl); the rate-limit tests set their own. Beat, where a test starts one, enqueues
+#: ``idvcancel.reconcile`` every 2 s; the reconciler's age is its default, 3 x the
+#: visibility timeout = 18 s.
 RELIABILITY_ENV = {
     "IDVCANCEL_VISIBILITY_TIMEOUT_SECONDS": "6",
     "IDVCANCEL_RETRY_CAP_SECONDS": "0.3",
     "IDVCANCEL_HTTP_TIMEOUT_SECONDS": "2",
     "IDVCANCEL_LEASE_SECONDS": "3",
     "IDVCANCEL_RATE_LIMITS": "{}",
+    "IDVCANCEL_RECONCILE_INTERVAL_SECONDS": "2",
 }
+#: The reconciler's age in this suite (IDVCANCEL_RECONCILE_AFTER_SECONDS unset).
+RECONCILE_AGE = 3 * float(RELIABILITY_ENV["IDVCANCEL_VISIBILITY_TIMEOUT_SECONDS"])
 
 #: How long a test waits for a worker to say "ready" (two busy cores: be generous).
 WORKER_READY_TIMEOUT = 90.0
@@ -90,6 +100,61 @@ def wait_until(predicate: Callable[[], Any], timeout: float, message: str,
         time.sleep(interval)
 
 
+class BeatProcess:
+    """``celery -A worker.app beat`` as a subprocess in its own session, its schedule file
+    and log under the test's directory: the periodic tasks (here: the reconciler) come
+    from a real beat, as in production."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = env
+        self.log_path = log_dir / f"beat-{uuid.uuid4().hex[:6]}.log"
+        self.schedule = log_dir / f"beat-schedule-{uuid.uuid4().hex[:6]}"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._offset = 0
+        self.starts = 0
+
+    def start(self) -> BeatProcess:
+        with open(self.log_path, "ab") as out:
+            self._offset = out.tell()
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "-l", "INFO",
+                 "-s", str(self.schedule)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
+                start_new_session=True)
+        self.starts += 1
+        return self
+
+    def wait_ready(self, timeout: float = WORKER_READY_TIMEOUT) -> BeatProcess:
+        wait_until(lambda: "beat: Starting" in self.log_text()[self._offset:]
+                   or not self.is_running(), timeout, "celery beat starting")
+        if not self.is_running():
+            raise AssertionError(f"celery beat exited:\n{self.log_text()[-3000:]}")
+        return self
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_bytes().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    def stop(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:  # beat mid-send can ignore SIGTERM a while
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+
+
 class RelStack(Stack):
     """``tests.integration.conftest.Stack`` on a private, restartable Redis, plus what the
     reliability tests share: grouped results, ledger phases, stream paging."""
@@ -99,6 +164,14 @@ class RelStack(Stack):
         super().__init__(server.url, sim, log_dir, broker_url=broker_url)
         self.server = server
         self.env.update(RELIABILITY_ENV)
+        self.beats: list[BeatProcess] = []
+
+    # -- beat --------------------------------------------------------------------------
+    def start_beat(self, **overrides: str) -> BeatProcess:
+        """Start celery beat (the reconciler every 2 s) and wait until it runs."""
+        beat = BeatProcess({**self.env, **overrides}, self.log_dir)
+        self.beats.append(beat)
+        return beat.start().wait_ready()
 
     # -- workers -----------------------------------------------------------------------
     def launch_worker(self, concurrency: int = 16, **overrides: str) -> WorkerProcess:
@@ -215,6 +288,12 @@ class RelStack(Stack):
         dupes: list[dict[str, Any]] = self.sim_client.stats()["duplicate_effective"]
         return dupes
 
+    def resubmissions(self, request_ids: Collection[str]) -> list[dict[str, Any]]:
+        """The reconciler's ``resubmitted`` audit records of these requests."""
+        wanted = set(request_ids)
+        return [r for r in self.audit() if r["step"] == "resubmitted"
+                and r["request_id"] in wanted]
+
 
 @pytest.fixture
 def sim_credentials() -> dict[str, Any] | None:
@@ -223,12 +302,16 @@ def sim_credentials() -> dict[str, Any] | None:
     return None
 
 
-def open_stack(tmp_path: Path, sim_credentials: dict[str, Any] | None = None) -> RelStack:
-    """A private Redis (append-only), simulator and stack under ``tmp_path``; no worker."""
-    server = RedisServer(appendonly=True, data_dir=tmp_path / "redis")
+def open_stack(tmp_path: Path, sim_credentials: dict[str, Any] | None = None,
+               broker_url: str | None = None) -> RelStack:
+    """A private Redis (append-only), simulator and stack under ``tmp_path``; no worker.
+    ``broker_url``: the queue elsewhere (a RabbitMQ vhost), Redis then the state only."""
+    # fsync before every answer: a kill -9 must not take back a write Redis acknowledged
+    # (with everysec a postponed write can be lost; see worker.embedded.RedisServer).
+    server = RedisServer(appendonly=True, appendfsync="always", data_dir=tmp_path / "redis")
     server.start()
     sim = Simulator(credentials=sim_credentials).start()
-    stack = RelStack(server, sim, tmp_path / "logs")
+    stack = RelStack(server, sim, tmp_path / "logs", broker_url=broker_url)
     stack.log_dir.mkdir()
     return stack
 
@@ -239,6 +322,11 @@ def close_stack(stack: RelStack, *, show_logs: bool = False) -> None:
     if show_logs:
         for proc in stack.workers:
             print(f"\n----- {proc!r} (exit {proc.returncode}) -----\n{proc.log_tail(3000)}")
+        for beat in stack.beats:
+            print(f"\n----- beat {beat.log_path} -----\n{beat.log_text()[-2000:]}")
+    for beat in stack.beats:
+        with contextlib.suppress(Exception):
+            beat.stop()
     for proc in stack.workers:
         with contextlib.suppress(Exception):
             proc.stop(timeout=10)

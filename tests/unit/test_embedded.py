@@ -131,6 +131,20 @@ def test_restart_with_appendonly_keeps_data_and_port(tmp_path: Path) -> None:
             client.close()
 
 
+def test_appendfsync_always_is_passed_to_redis(tmp_path: Path) -> None:
+    # Given a server asked to fsync the append-only file before every answer
+    with RedisServer(appendonly=True, appendfsync="always", data_dir=tmp_path) as srv:
+        client = srv.client(decode_responses=True)
+        try:
+            # Then Redis runs with that setting (the default stays Redis's own everysec)
+            assert client.config_get("appendfsync") == {"appendfsync": "always"}
+        finally:
+            client.close()
+    assert RedisServer().appendfsync == "everysec"
+    with pytest.raises(ValueError, match="appendfsync"):
+        RedisServer(appendfsync="sometimes")
+
+
 def test_kill_is_a_crash(server: RedisServer) -> None:
     # Given a running server
     assert redis_ping(server.url)

@@ -55,3 +55,46 @@ def test_a_moved_ledger_is_reported_and_later_steps_still_apply(
     assert read(redis_client, "idvcancel:req:x").phase == "calling"
     assert journal.apply("idvcancel:req:y", 0, records=[{"step": "received"}]) is None
     assert verify_stream(redis_client) == (2, None)
+
+
+def test_the_step_that_finishes_a_request_takes_it_out_of_the_intake_index(
+        redis_client: redis.Redis) -> None:
+    # Given two requests in the intake index
+    for rid in ("a", "b"):
+        redis_client.zadd("idvcancel:intake", {rid: 1.0})
+        redis_client.hset("idvcancel:intake:requests", rid, "{}")
+    journal = Journal(redis_client)
+    # When one is claimed (calling) and scheduled for a retry (waiting)
+    assert journal.apply("idvcancel:req:a", 0, ledger={"phase": "calling"}) is None
+    assert journal.apply("idvcancel:req:a", 1, ledger={"phase": "waiting"}) is None
+    # Then it is still indexed: in flight
+    assert redis_client.zscore("idvcancel:intake", "a") == 1.0
+    # When its ledger becomes done
+    assert journal.apply("idvcancel:req:a", 2, ledger={"phase": "done"},
+                         records=[{"step": "completed"}]) is None
+    # Then it left the index in that step; the other request stays
+    assert redis_client.zrange("idvcancel:intake", 0, -1) == ["b"]
+    assert redis_client.hkeys("idvcancel:intake:requests") == ["b"]
+    # and a step that moved (refused) forgets nothing
+    assert journal.apply("idvcancel:req:b", 5, ledger={"phase": "done"}) == Moved(0)
+    assert redis_client.zrange("idvcancel:intake", 0, -1) == ["b"]
+    # and a message ledger (no request id) has nothing to forget
+    assert journal.apply("idvcancel:msg:b", 0, ledger={"phase": "done"}) is None
+    assert redis_client.zrange("idvcancel:intake", 0, -1) == ["b"]
+
+
+def test_apply_many_writes_records_for_several_requests_in_one_chain(
+        redis_client: redis.Redis) -> None:
+    # Given three requests, the second of which moved meanwhile
+    journal = Journal(redis_client)
+    assert journal.apply("idvcancel:req:m", 0, ledger={"phase": "calling"}) is None
+    # When records for all three are written at once
+    answers = journal.apply_many([
+        ("idvcancel:req:l", 0, [{"step": "resubmitted", "n": 1}]),
+        ("idvcancel:req:m", 0, [{"step": "resubmitted", "n": 2}]),
+        ("idvcancel:req:n", 0, [{"step": "resubmitted", "n": 3}]),
+    ])
+    # Then the moved one is refused and the others applied, in one unbroken chain
+    assert answers == [None, Moved(1), None]
+    assert verify_stream(redis_client) == (2, None)
+    assert journal.apply_many([]) == []

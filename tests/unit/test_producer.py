@@ -1,6 +1,7 @@
 """``worker.producer``: requests are refused at the producer, with a message naming the
 field, before anything is sent; valid ones reach Redis as Celery protocol-2 messages,
-pipelined in batches. Runs against the session's real Redis (no worker)."""
+in batches, each written to the intake index in the same step. Runs against the
+session's real Redis (no worker)."""
 
 from __future__ import annotations
 
@@ -90,38 +91,123 @@ def test_submit_sends_a_protocol_2_message_to_queue_idvcancel(
 
 
 def test_submit_many_sends_in_batches_and_reports_progress(
-        producer: Producer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given the producer's Redis commands are watched
-    pushes: list[int] = []
-    lpush = producer.redis.lpush
-
-    def watched(name: str, *values: Any) -> Any:
-        pushes.append(len(values))
-        return lpush(name, *values)
-
-    monkeypatch.setattr(producer.redis, "lpush", watched)
+        producer: Producer, redis_client: redis.Redis) -> None:
+    # Given Redis counts the commands it runs
+    redis_client.config_resetstat()
     sent: list[int] = []
     # When 25 requests are submitted 10 at a time
     ids = producer.submit_many([request(n) for n in range(25)], batch_size=10,
                                on_sent=sent.append)
     # Then three multi-value pushes went out, in order, and progress followed them
-    assert pushes == [10, 10, 5] and sent == [10, 10, 5]
+    stats: dict[str, dict[str, int]] = redis_client.info("commandstats")  # type: ignore[assignment]
+    assert stats["cmdstat_lpush"]["calls"] == 3 and sent == [10, 10, 5]
     assert ids == [f"r-{n}" for n in range(25)]
     bodies = [json.loads(base64.b64decode(m["body"])) for m in queued(redis_client)]
     assert [b[0][0]["request_id"] for b in bodies] == ids
 
 
+def test_every_push_is_written_to_the_intake_index_in_the_same_step(
+        redis_client: redis.Redis, redis_url: str) -> None:
+    # Given a producer whose clock says 1000.25 (and Redis counts the commands it runs)
+    redis_client.config_resetstat()
+    producer = Producer(redis_url, clock=lambda: 1000.25)
+    try:
+        # When one request is submitted alone and 7 more in chunks of 3
+        producer.submit(request(0, reason="withdrawn"))
+        producer.submit_many([request(n) for n in range(1, 8)], batch_size=3)
+    finally:
+        producer.close()
+    # Then each is in the index with its push time and its validated request JSON
+    index = dict(redis_client.zrange("idvcancel:intake", 0, -1, withscores=True))
+    assert index == {f"r-{n}": 1000.25 for n in range(8)}
+    stored = json.loads(str(redis_client.hget("idvcancel:intake:requests", "r-0")))
+    assert stored == request(0, reason="withdrawn", source="api", options={})
+    # and each message names its request in a header (the reconciler reads the queue's tail)
+    assert [m["headers"]["idvcancel_request_id"] for m in queued(redis_client)] == [
+        f"r-{n}" for n in range(8)]
+    # and the push and the index writes were one command each time (one script call)
+    stats: dict[str, dict[str, int]] = redis_client.info("commandstats")  # type: ignore[assignment]
+    assert stats["cmdstat_lpush"]["calls"] == stats["cmdstat_zadd"]["calls"] == 4
+
+
+def test_a_request_pushed_again_keeps_its_first_push_time(
+        redis_client: redis.Redis, redis_url: str) -> None:
+    # Given a request pushed at t=100
+    clock = iter([100.0, 250.0])
+    producer = Producer(redis_url, clock=lambda: next(clock))
+    try:
+        producer.submit(request(1))
+        # When the same request is pushed again at t=250
+        producer.submit(request(1))
+    finally:
+        producer.close()
+    # Then both messages are queued and the index still says 100: the reconciler's clock
+    # starts at the first push
+    assert redis_client.llen("idvcancel") == 2
+    assert redis_client.zscore("idvcancel:intake", "r-1") == 100.0
+
+
+def test_signed_messages_are_indexed_before_celery_sends_them(
+        producer: Producer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a producer that signs (so it must go through Celery's send_task)
+    producer.signed = True
+    seen: list[tuple[str, bool, dict[str, Any]]] = []
+
+    def send_task(name: str, args: list[dict[str, Any]], **options: Any) -> None:
+        rid = args[0]["request_id"]
+        seen.append((rid, redis_client.zscore("idvcancel:intake", rid) is not None,
+                     options["headers"]))
+
+    monkeypatch.setattr(producer.app, "send_task", send_task)
+    # When requests are submitted, alone and in bulk
+    producer.submit(request(1))
+    producer.submit_many([request(2), request(3)])
+    # Then each was in the index already when it was sent, and carries its id header
+    assert seen == [(f"r-{n}", True, {"idvcancel_request_id": f"r-{n}"}) for n in (1, 2, 3)]
+    assert redis_client.hlen("idvcancel:intake:requests") == 3
+
+
+def test_a_redis_failure_mid_bulk_raises_and_leaves_the_connection_clean(
+        producer: Producer, redis_client: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given the third chunk's arguments cannot be built
+    real = producer._push_args
+    calls = 0
+
+    def failing(chunk: Any) -> list[str | int]:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise redis.ConnectionError("gone")
+        return real(chunk)
+
+    monkeypatch.setattr(producer, "_push_args", failing)
+    # When 25 requests are submitted 10 at a time
+    with pytest.raises(redis.ConnectionError):
+        producer.submit_many([request(n) for n in range(25)], batch_size=10)
+    # Then the chunks before it are queued and indexed, whole (the second was on its way
+    # while the third was built)
+    assert redis_client.llen("idvcancel") == redis_client.zcard("idvcancel:intake") == 20
+    # and the producer still works (no reply of the interrupted call is read as another's)
+    monkeypatch.setattr(producer, "_push_args", real)
+    producer.submit_many([request(n) for n in range(30, 45)], batch_size=10)
+    assert redis_client.llen("idvcancel") == 35
+
+
 def test_bulk_entries_match_what_celery_itself_sends(producer: Producer,
                                                      redis_client: redis.Redis) -> None:
-    # Given one request sent by Celery's send_task and one by the bulk path
-    producer.submit(request(1))
+    # Given one request sent by Celery's send_task (as signed messages are) and one by the
+    # bulk path
+    producer.app.send_task("idvcancel.process", args=[validate(request(1)).model_dump(
+        mode="json")], queue="idvcancel", headers={"idvcancel_request_id": "r-1"},
+        argsrepr="(request,)", kwargsrepr="{}")
     producer.submit_many([request(2)])
     celery_entry, bulk_entry = queued(redis_client)
     # Then they differ only in ids and origin: same body shape, headers and routing
     for entry in (celery_entry, bulk_entry):
         entry["headers"].pop("origin")
-        for key in ("id", "root_id"):
+        for key in ("id", "root_id", "idvcancel_request_id"):
             entry["headers"].pop(key)
         for key in ("correlation_id", "delivery_tag", "reply_to"):
             entry["properties"].pop(key)

@@ -1,5 +1,6 @@
 """Retention: the audit archive (fakeredis: its Lua runs there too), the ledger TTL of
-each phase (the pipeline on fakeredis and a mock transport) and the settings.
+each phase (the pipeline on fakeredis and a mock transport), the intake index and the
+settings.
 
 The same behaviours run against a real Redis and real workers in
 tests/integration/test_retention_e2e.py.
@@ -458,6 +459,82 @@ def test_the_results_stream_is_capped(fake_redis: fakeredis.FakeRedis) -> None:
         journal.apply(f"idvcancel:req:m{i}", 0, ledger={"phase": "done"}, event={"i": i})
     # Then the stream stays near the cap (MAXLEN ~ trims whole nodes of 100 entries)
     assert 10 <= fake_redis.xlen(keys.RESULTS) <= 10 + 100
+
+
+# -- the intake index --------------------------------------------------------------------
+
+NOW = 1_800_000_000.0
+
+
+def index(client: fakeredis.FakeRedis, request_id: str, pushed: float, *,
+          phase: str | None = None, with_json: bool = True) -> None:
+    """An intake index entry (and, with ``phase``, its ledger)."""
+    client.zadd(keys.INTAKE, {request_id: pushed})
+    if with_json:
+        client.hset(keys.INTAKE_REQUESTS, request_id, json.dumps({"request_id": request_id}))
+    if phase is not None:
+        client.hset(keys.request_ledger(request_id), mapping={"v": "1", "phase": phase})
+
+
+def test_the_index_keeps_requests_in_flight_and_forgets_the_rest(
+        fake_redis: fakeredis.FakeRedis) -> None:
+    # Given, in the index: requests in flight (old and new), one just pushed, a copy of a
+    # finished request, one pushed longer ago than a ledger lives that never got one, JSON
+    # left without an entry, and an entry without JSON
+    index(fake_redis, "calling", NOW - 10 * TTL, phase="calling")
+    index(fake_redis, "waiting", NOW - 60, phase="waiting")
+    index(fake_redis, "fresh", NOW - 60)
+    index(fake_redis, "copy", NOW - 60, phase="done")
+    index(fake_redis, "ancient", NOW - TTL - 1)
+    fake_redis.hset(keys.INTAKE_REQUESTS, "orphan", "{}")
+    index(fake_redis, "empty", NOW - 60, with_json=False)
+    # When retention trims it (ledger TTL one hour)
+    report = retention.trim_intake(fake_redis, TTL, NOW, page=2)
+    # Then it forgot exactly the four that can no longer matter, and says why
+    assert report.summary() == {"done": 1, "expired": 1, "orphans": 1, "empty": 1, "left": 3}
+    assert sorted(fake_redis.zrange(keys.INTAKE, 0, -1)) == ["calling", "fresh", "waiting"]
+    assert sorted(fake_redis.hkeys(keys.INTAKE_REQUESTS)) == ["calling", "fresh", "waiting"]
+    # and a second run finds nothing more
+    assert retention.trim_intake(fake_redis, TTL, NOW).summary()["left"] == 3
+
+
+def test_with_ledgers_kept_forever_old_entries_stay(fake_redis: fakeredis.FakeRedis) -> None:
+    # Given an entry pushed long ago that never got a ledger
+    index(fake_redis, "old", NOW - 10**8)
+    # When retention runs with a ledger TTL of 0 (keep forever)
+    report = retention.trim_intake(fake_redis, 0, NOW)
+    # Then it stays: it can still be pushed again safely
+    assert report.expired == 0 and fake_redis.zcard(keys.INTAKE) == 1
+
+
+def test_the_index_of_a_replayed_request_survives_retention(
+        fake_redis: fakeredis.FakeRedis) -> None:
+    # Given a dead letter being replayed: its ledger is reset (waiting) and it is pushed
+    # again, so the entry is back in the index
+    index(fake_redis, "r-1", NOW - 5, phase="done")
+    fake_redis.hset(keys.request_ledger("r-1"), "phase", "waiting")
+    # When retention runs
+    retention.trim_intake(fake_redis, TTL, NOW)
+    # Then the entry stays (the check and the removal are one step)
+    assert fake_redis.zscore(keys.INTAKE, "r-1") == NOW - 5
+
+
+def test_the_retention_task_trims_the_index_too(
+        fake_redis: fakeredis.FakeRedis, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tasks.retention as task_module
+    from worker.app import app
+
+    # Given a copy of a finished request in the index
+    index(fake_redis, "copy", time.time() - 60, phase="done")
+    settings = Settings(audit_archive_dir=str(tmp_path))
+    monkeypatch.setattr(task_module, "get_settings", lambda: settings)
+    monkeypatch.setattr(task_module, "shared_client", lambda _settings: fake_redis)
+    # When the task runs
+    summary = app.tasks["idvcancel.retention"].apply().get()
+    # Then the entry is gone, and the summary says so
+    assert summary["intake"] == {"done": 1, "expired": 0, "orphans": 0, "empty": 0, "left": 0}
+    assert fake_redis.zcard(keys.INTAKE) == 0
 
 
 # -- settings and wiring -----------------------------------------------------------------

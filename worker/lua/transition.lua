@@ -10,17 +10,21 @@ KEYS[2]  audit head        idvcancel:audit:head ("<seq>:<hash>", absent = empty 
 KEYS[3]  results stream    idvcancel:results    (field "event")
 KEYS[4]  dead letters      idvcancel:dlq        (hash id -> entry)
 KEYS[5]  dead-letter index idvcancel:dlq:index  (zset, score = ms)
-KEYS[5+i] the ledger hash of item i (idvcancel:req:<id> or idvcancel:msg:<task id>)
+KEYS[6]  intake index      idvcancel:intake     (zset request id -> pushed, s)
+KEYS[7]  intake requests   idvcancel:intake:requests (hash request id -> request JSON)
+KEYS[7+i] the ledger hash of item i (idvcancel:req:<id> or idvcancel:msg:<task id>)
 
 ARGV[1]  expected audit head before the first item ("" = empty chain)
 ARGV[2]  results stream approximate max length ("0" = unbounded)
 ARGV[3]  now in ms (dead-letter score)
 ARGV[4]  number of items
-then per item, 8 fixed values and its records:
+then per item, 9 fixed values and its records:
   expected ledger version ("0" = none yet), ledger fields as a JSON object of strings
   ("" = leave the ledger), result event JSON (""), dead-letter entry JSON (""),
-  dead-letter id, ledger TTL seconds ("0" = never expire), number of records n,
-  the audit head after this item, then n audit records (sealed, in chain order)
+  dead-letter id, ledger TTL seconds ("0" = never expire), the request id to forget
+  from the intake index ("" = none; Python sets it when the ledger becomes done, so the
+  index only holds requests in flight), number of records n, the audit head after this
+  item, then n audit records (sealed, in chain order)
 
 Returns {1} when every item applied; {0, head} when the head had moved (nothing
 applied: re-seal on it); {2, i, version, head} when item i's ledger had moved: items
@@ -33,7 +37,7 @@ end
 local maxlen = tonumber(ARGV[2])
 local a = 5
 for i = 1, tonumber(ARGV[4]) do
-  local ledger_key = KEYS[5 + i]
+  local ledger_key = KEYS[7 + i]
   local version = tonumber(redis.call('HGET', ledger_key, 'v') or '0')
   if version ~= tonumber(ARGV[a]) then
     return {2, i, version, head}
@@ -53,12 +57,16 @@ for i = 1, tonumber(ARGV[4]) do
       redis.call('PERSIST', ledger_key)
     end
   end
-  local n = tonumber(ARGV[a + 6])
+  if ARGV[a + 6] ~= '' then
+    redis.call('ZREM', KEYS[6], ARGV[a + 6])
+    redis.call('HDEL', KEYS[7], ARGV[a + 6])
+  end
+  local n = tonumber(ARGV[a + 7])
   for r = 1, n do
-    redis.call('XADD', KEYS[1], '*', 'record', ARGV[a + 7 + r])
+    redis.call('XADD', KEYS[1], '*', 'record', ARGV[a + 8 + r])
   end
   if n > 0 then
-    head = ARGV[a + 7]
+    head = ARGV[a + 8]
     redis.call('SET', KEYS[2], head)
   end
   if ARGV[a + 2] ~= '' then
@@ -72,6 +80,6 @@ for i = 1, tonumber(ARGV[4]) do
     redis.call('HSET', KEYS[4], ARGV[a + 4], ARGV[a + 3])
     redis.call('ZADD', KEYS[5], ARGV[3], ARGV[a + 4])
   end
-  a = a + 8 + n
+  a = a + 9 + n
 end
 return {1}
