@@ -29,10 +29,10 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from worker.embedded import RedisServer  # noqa: E402
-from worker.embedded_rabbitmq import RabbitNode, find_rabbitmq_server  # noqa: E402
-from worker.procs import WorkerProcess  # noqa: E402
-from worker.producer import Producer  # noqa: E402
+from worker.broker.producer import Producer  # noqa: E402
+from worker.local.procs import WorkerProcess  # noqa: E402
+from worker.local.rabbitmq_node import RabbitNode, find_rabbitmq_server  # noqa: E402
+from worker.local.redis_server import RedisServer  # noqa: E402
 
 #: Threads per worker process: enough to keep ~rate x latency calls in flight at 100 ms.
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "128"))
@@ -47,7 +47,7 @@ class Simulator:
 
     def __init__(self, latency_ms: float) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.simulator", "--port", "0", "--autocreate",
+            [sys.executable, "-m", "worker.local.simulator", "--port", "0", "--autocreate",
              "--latency-ms", str(latency_ms)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         info = json.loads(self.proc.stdout.readline())
@@ -218,7 +218,7 @@ def bench_sweep(total: int, due: int) -> tuple[float, float, int]:
     into the tracking keys, then time one sweep: select, claim and enqueue."""
     from config.settings import Settings
     from worker import keys
-    from worker.sweep import run_sweep
+    from worker.triggers.sweep import run_sweep
 
     with RedisServer() as server:
         client = redis.Redis.from_url(server.url, decode_responses=True)
@@ -272,7 +272,7 @@ def bench_retention(n: int) -> tuple[float, float]:
                 proc.stop()
             time.sleep(6)  # the ledger TTL runs out
             try:
-                from worker.retention import archive_audit
+                from worker.ops.retention import archive_audit
                 archive_audit(client, LOGS / "archive", 0, time.time())
             except ImportError:
                 pass

@@ -10,14 +10,14 @@ Two brokers are supported (README "Delivery guarantees" says what each guarantee
 
 The declaration lives here, once, because the broker refuses a second declaration of
 the same queue with other arguments (``PRECONDITION_FAILED``): the worker (through
-Celery's ``task_queues``) and our producers (``worker.amqp``) must declare it alike.
+Celery's ``task_queues``) and our producers (``worker.broker.amqp``) must declare it alike.
 
 - ``x-delivery-limit``: RabbitMQ 4.0 gives quorum queues a default of 20 (and 3.x none);
   we set it explicitly (``IDVCANCEL_DELIVERY_LIMIT``). A message whose deliveries keep
   ending without an ack — its worker dies on it, again and again — is dead-lettered
   instead of taking down worker after worker.
 - ``x-dead-letter-exchange``: such a message goes to ``idvcancel.dead``, which the worker
-  also consumes and answers ``rejected`` on the record (``worker.consumer``), never
+  also consumes and answers ``rejected`` on the record (``worker.broker.consumer``), never
   silently dropped. ``at-least-once`` dead-lettering (which needs ``reject-publish``
   overflow) keeps the message in ``idvcancel`` until the dead-letter queue has it.
 - A **topic** exchange: Celery's native delayed delivery (which carries retry countdowns

@@ -22,7 +22,7 @@ Why each setting (see the README's "Delivery guarantees"):
 - ``unacked_restore_interval`` / ``unacked_restore_throttle``: kombu 5.7 looks for
   messages past the visibility timeout every 10 s x 10; we look every 2 s.
 - ``broker_transport``: for ``redis://`` URLs, kombu's Redis transport with a checked pop
-  (``worker.broker_redis``), so a queue item that is not a kombu envelope ends
+  (``worker.broker.redis_transport``), so a queue item that is not a kombu envelope ends
   ``rejected`` instead of killing the worker. An explicit transport wins over the URL
   scheme in kombu's ``Connection`` (the URL still gives host, port, password and db), so
   the URL stays ``redis://``. Other schemes (``rediss://``, ``sentinel://``) keep kombu's
@@ -51,8 +51,8 @@ from config.settings import Settings
 from worker.contract import QUEUE
 
 PREFETCH_MULTIPLIER = 4
-#: kombu's Redis transport with the checked pop (``worker.broker_redis``).
-REDIS_TRANSPORT = "worker.broker_redis:Transport"
+#: kombu's Redis transport with the checked pop (``worker.broker.redis_transport``).
+REDIS_TRANSPORT = "worker.broker.redis_transport:Transport"
 
 
 def celery_config(settings: Settings) -> dict[str, Any]:
@@ -119,7 +119,7 @@ def _common(settings: Settings) -> dict[str, Any]:
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
         # Messages Celery cannot decode or route still end "rejected", on the record.
-        "worker_consumer": "worker.consumer:RecordingConsumer",
+        "worker_consumer": "worker.broker.consumer:RecordingConsumer",
         "worker_send_task_events": False,
         "enable_utc": True,
         # The periodic tasks (``celery -A worker.app beat``). The sweep: several beat
@@ -132,7 +132,7 @@ def _common(settings: Settings) -> dict[str, Any]:
                 "options": {"queue": QUEUE, "expires": settings.sweep_interval_seconds},
             },
             # Audit records past IDVCANCEL_AUDIT_RETENTION_SECONDS move to the archive files
-            # (worker.retention). Overlapping runs are safe: one lock, the other returns.
+            # (worker.ops.retention). Overlapping runs are safe: one lock, the other returns.
             "idvcancel-retention": {
                 "task": "idvcancel.retention",
                 "schedule": settings.retention_interval_seconds,
@@ -140,7 +140,7 @@ def _common(settings: Settings) -> dict[str, Any]:
             },
             # Requests in the intake index that waited longer than
             # IDVCANCEL_RECONCILE_AFTER_SECONDS without a ledger (or with a dead one) are
-            # pushed again (worker.reconcile): kombu can lose a message it popped.
+            # pushed again (worker.triggers.reconcile): kombu can lose a message it popped.
             # Several beat instances are safe: entries are claimed atomically.
             "idvcancel-reconcile": {
                 "task": "idvcancel.reconcile",

@@ -65,7 +65,7 @@ class Settings(BaseSettings):
     )
     # Port for /metrics and /healthz on each worker process (0 = off).
     metrics_port: int = Field(0, ge=0, le=65535)
-    # Message signing (worker.security): paths to a PEM key, its certificate, and a
+    # Message signing (worker.broker.signing): paths to a PEM key, its certificate, and a
     # directory (or glob) of the certificates whose signatures are accepted.
     signing_key: str = ""
     signing_key_password: SecretStr = SecretStr("")
@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     # for it cannot put it back into tracking.
     track_retention_seconds: int = Field(30 * 86400, ge=1)
 
-    # -- retention: what keeps Redis bounded (worker.retention, task idvcancel.retention) --
+    # -- retention: what keeps Redis bounded (worker.ops.retention, task idvcancel.retention) --
     # How long a finished request's ledger is kept (0 = forever). A duplicate of the
     # request arriving after that is carried out again, so this must exceed the longest
     # window in which a copy can still arrive (redeliveries, producer retries, replays).
@@ -167,7 +167,7 @@ class Settings(BaseSettings):
     # How often Celery beat enqueues ``idvcancel.retention``.
     retention_interval_seconds: float = Field(3600.0, gt=0)
 
-    # -- the reconciler: pushes again what the broker lost (worker.reconcile) --------------
+    # -- the reconciler: pushes again what the broker lost (worker.triggers.reconcile) ----
     # How often Celery beat enqueues ``idvcancel.reconcile``.
     reconcile_interval_seconds: float = Field(60.0, gt=0)
     # A request in the intake index this long without a ledger (or in flight with its

@@ -12,9 +12,9 @@ from celery.exceptions import Reject
 
 from worker.app import app
 from worker.contract import TASK_NAME
+from worker.delivery.pipeline import RetryLater
+from worker.delivery.runtime import pipeline
 from worker.logs import get_logger
-from worker.pipeline import RetryLater
-from worker.services import pipeline
 
 #: Deliveries of one message that may hit a bug in our own code before it is given up
 #: (rejected on the record, the raw message kept as a dead letter).

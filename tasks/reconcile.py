@@ -1,6 +1,6 @@
 """``idvcancel.reconcile``: pushes again the requests whose message the broker lost,
 enqueued by Celery beat every ``IDVCANCEL_RECONCILE_INTERVAL_SECONDS``
-(``config.celery``). Thin: ``worker.reconcile`` does it.
+(``config.celery``). Thin: ``worker.triggers.reconcile`` does it.
 
 It takes no arguments on purpose, like the sweep: a message cannot move its clock (a
 ``now`` in the future would push again every request in flight; harmless, but a flood).
@@ -16,10 +16,10 @@ from celery import Task
 
 from config.settings import get_settings
 from worker.app import app
+from worker.delivery.runtime import pipeline
 from worker.logs import get_logger
-from worker.reconcile import run_reconcile
-from worker.services import pipeline
-from worker.tracking import shared_client, shared_sender
+from worker.triggers.reconcile import run_reconcile
+from worker.triggers.tracking import shared_client, shared_sender
 
 TASK_NAME = "idvcancel.reconcile"
 

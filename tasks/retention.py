@@ -1,7 +1,7 @@
 """``idvcancel.retention``: forgets the intake index entries that no longer matter and
 moves audit records older than ``IDVCANCEL_AUDIT_RETENTION_SECONDS`` from Redis to the
 archive files, enqueued by Celery beat every ``IDVCANCEL_RETENTION_INTERVAL_SECONDS``
-(``config.celery``). Thin: ``worker.retention`` does it. (Ledgers and result events are
+(``config.celery``). Thin: ``worker.ops.retention`` does it. (Ledgers and result events are
 bounded as they are written: the journal's ``EXPIRE`` and ``XADD MAXLEN ~``.)
 
 It takes no arguments on purpose, like the sweep: a message cannot move the cut.
@@ -20,8 +20,8 @@ from config.settings import get_settings
 from worker import keys
 from worker.app import app
 from worker.logs import get_logger
-from worker.retention import ArchiveBusy, ArchiveError, archive_audit, trim_intake
-from worker.tracking import shared_client
+from worker.ops.retention import ArchiveBusy, ArchiveError, archive_audit, trim_intake
+from worker.triggers.tracking import shared_client
 
 TASK_NAME = "idvcancel.retention"
 

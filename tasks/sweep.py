@@ -1,9 +1,9 @@
 """``idvcancel.sweep``: the abandoned-application sweep, enqueued by Celery beat every
-``IDVCANCEL_SWEEP_INTERVAL_SECONDS`` (``config.celery``). Thin: ``worker.sweep`` does it.
+``IDVCANCEL_SWEEP_INTERVAL_SECONDS`` (``config.celery``). Thin: ``worker.triggers.sweep`` does it.
 
 It takes no arguments on purpose: a message cannot move the sweep's clock (a ``now`` in
 the future would cancel sessions people are still using). Tests and the dry run call
-``worker.sweep`` directly.
+``worker.triggers.sweep`` directly.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from celery import Task
 from config.settings import get_settings
 from worker.app import app
 from worker.logs import get_logger
-from worker.sweep import run_sweep
-from worker.tracking import shared_client, shared_sender
+from worker.triggers.sweep import run_sweep
+from worker.triggers.tracking import shared_client, shared_sender
 
 TASK_NAME = "idvcancel.sweep"
 

@@ -1,6 +1,6 @@
 """``idvcancel.track``: services report a session as it is issued and as it progresses.
 
-One positional argument, a JSON object (``worker.tracking.TrackedSession``). Thin on
+One positional argument, a JSON object (``worker.triggers.tracking.TrackedSession``). Thin on
 purpose: validate, record, and (on a re-issue) enqueue the prior session's cancel.
 
 A report that cannot be tracked is not dropped silently: it is logged at error level
@@ -20,7 +20,13 @@ from celery.exceptions import Reject
 from config.settings import get_settings
 from worker.app import app
 from worker.logs import get_logger
-from worker.tracking import InvalidSession, shared_client, shared_sender, track, validate_session
+from worker.triggers.tracking import (
+    InvalidSession,
+    shared_client,
+    shared_sender,
+    track,
+    validate_session,
+)
 
 TASK_NAME = "idvcancel.track"
 #: Retries of a report that hit a failure other than Redis being away. Recording is

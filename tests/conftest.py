@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from tests.integration.harness import close_producers
-from worker.embedded import RedisServer
+from worker.local.redis_server import RedisServer
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 

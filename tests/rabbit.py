@@ -23,7 +23,7 @@ from typing import Any
 import amqp
 import pytest
 
-from worker.embedded_rabbitmq import RabbitNode, find_rabbitmq_server
+from worker.local.rabbitmq_node import RabbitNode, find_rabbitmq_server
 
 __all__ = [
     "connect",

@@ -6,8 +6,8 @@ from celery import Celery
 
 from config.celery import celery_config
 from config.settings import get_settings
+from worker.broker.signing import configure_signing
 from worker.logs import configure
-from worker.security import configure_signing
 
 configure()
 app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep",
@@ -15,4 +15,4 @@ app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep"
 app.conf.update(celery_config(get_settings()))
 configure_signing(app, get_settings())
 
-import worker.startup  # noqa: E402, F401 - connects the start-up checks to worker_ready
+import worker.ops.startup  # noqa: E402, F401 - connects the start-up checks to worker_ready

@@ -7,7 +7,7 @@
 | ``idvcancel:audit:head`` | string ``"<seq>:<hash>"`` | the chain's last link (compare-and-set) |
 | ``idvcancel:audit:archived`` | hash (id, seq, hash, file, ...) | the last archived record |
 | ``idvcancel:audit:archive:lock`` | string (token, PX) | held while records are archived |
-| ``idvcancel:req:<request_id>`` | hash | one request's ledger (``worker.ledger``) |
+| ``idvcancel:req:<request_id>`` | hash | one request's ledger (``worker.delivery.ledger``) |
 | ``idvcancel:msg:<task_id>`` | hash | the ledger of a message whose request id could not be read |
 | ``idvcancel:dlq`` | hash id → JSON | dead letters: everything needed to replay a request |
 | ``idvcancel:dlq:index`` | sorted set, score = ms | dead letters in the order they arrived |
@@ -19,11 +19,12 @@
 | ``idvcancel:intake:requests`` | hash request id → request JSON | what a resubmission sends |
 
 The chain left in ``idvcancel:audit`` continues from ``idvcancel:audit:archived`` once
-older records were moved to the archive files (``worker.retention``).
-``<p>`` is a provider. The ``track:*`` keys belong to ``worker.tracking`` and ``worker.sweep``
+older records were moved to the archive files (``worker.ops.retention``).
+``<p>`` is a provider. The ``track:*`` keys belong to ``worker.triggers.tracking`` and
+``worker.triggers.sweep``
 (see ``lua/track.lua`` and ``lua/sweep.lua``).
-The ``intake`` keys are the intake index (``worker.reconcile``): written with every push by
-``worker.producer`` (``lua/push.lua``), a member leaves when its ledger is done
+The ``intake`` keys are the intake index (``worker.triggers.reconcile``): written with every push by
+``worker.broker.producer`` (``lua/push.lua``), a member leaves when its ledger is done
 (``lua/transition.lua``), and the reconciler resubmits what has waited too long
 (``lua/reconcile.lua``). Its score is when the request was last pushed (or last looked
 at by the reconciler).
@@ -67,7 +68,7 @@ def message_ledger(task_id: str) -> str:
     return f"idvcancel:msg:{task_id}"
 
 
-# -- session tracking, sweep and supersede (worker.tracking, worker.sweep) ---------------
+# -- session tracking, sweep and supersede (worker.triggers.tracking, .sweep) -----------
 
 
 def track_active(provider: str) -> str:

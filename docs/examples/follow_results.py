@@ -4,7 +4,7 @@
     python docs/examples/follow_results.py REQUEST_ID...   # wait for these, then exit
 
 Every request ends in one result event on ``idvcancel:results`` (a replayed dead letter
-gets one more); ``worker.results.follow`` reads it with XREAD BLOCK and filters it.
+gets one more); ``worker.ops.results.follow`` reads it with XREAD BLOCK and filters it.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 
 import redis
 
-from worker.results import follow
+from worker.ops.results import follow
 
 
 def main(waiting_for: set[str]) -> int:

@@ -15,7 +15,7 @@ import os
 import sys
 import uuid
 
-from worker.producer import InvalidRequest, Producer
+from worker.broker.producer import InvalidRequest, Producer
 
 
 def cancel(reference: str) -> dict[str, str]:

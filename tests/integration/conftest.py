@@ -18,12 +18,12 @@ from typing import Any
 import pytest
 import redis
 
-from worker.audit_store import verify_stream
-from worker.embedded import RedisServer
-from worker.procs import WorkerProcess
-from worker.producer import Producer
-from worker.simulator.client import SimulatorClient
-from worker.simulator.server import Simulator
+from worker.broker.producer import Producer
+from worker.journal.verify import verify_stream
+from worker.local.procs import WorkerProcess
+from worker.local.redis_server import RedisServer
+from worker.local.simulator.client import SimulatorClient
+from worker.local.simulator.server import Simulator
 
 #: Fast retries so that budgets run out in about a second; HTTP timeout short enough
 #: for the countdown/visibility check (cap + timeout well below the visibility timeout).

@@ -325,8 +325,8 @@ def test_audit_verify_passes_then_names_a_forged_record(stack: Stack) -> None:
 
 
 def test_sweep_dry_run_lists_what_it_would_cancel(stack: Stack) -> None:
-    tracking = pytest.importorskip("worker.tracking", reason="sweep module pending")
-    pytest.importorskip("worker.sweep", reason="sweep module pending")
+    tracking = pytest.importorskip("worker.triggers.tracking", reason="sweep module pending")
+    pytest.importorskip("worker.triggers.sweep", reason="sweep module pending")
     # Given an ID Pass session idle for thirty days
     reference = new_reference("idpass")
     session = tracking.TrackedSession(provider="idpass", application_id="app-1",

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from worker.contract import Outcome
-from worker.embedded import RedisServer
+from worker.local.redis_server import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -18,7 +18,7 @@ def test_demo_reaches_every_outcome_and_verifies_the_chain(tmp_path: Path) -> No
     with RedisServer(data_dir=tmp_path) as server:
         env = {**os.environ, "IDVCANCEL_REDIS_URL": server.url}
         # When the demo runs
-        done = subprocess.run([sys.executable, "-m", "worker.cli", "demo"], cwd=REPO, env=env,
+        done = subprocess.run([sys.executable, "-m", "worker.ops.cli", "demo"], cwd=REPO, env=env,
                               capture_output=True, text=True, timeout=240, check=False)
     # Then it exits 0, every case as expected, all seven outcomes, the chain intact
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -1,7 +1,7 @@
 """Dead letters end to end: a request fails for real (provider down, credentials refused),
 the cause is fixed, ``idvcancel dlq replay`` sends it again and it ends well, audited.
 
-The edge cases of ``worker.deadletters.replay`` (an interrupted replay, a stale entry,
+The edge cases of ``worker.ops.deadletters.replay`` (an interrupted replay, a stale entry,
 an unreadable message, a request in flight) run against the stack's real Redis too.
 """
 
@@ -17,9 +17,10 @@ import pytest
 from tests.integration.conftest import Stack, seed
 from tests.integration.harness import send_process
 from tests.integration.test_cli_e2e import json_lines, one_line_error, run_cli
-from worker import breaker, deadletters
 from worker.contract import CancelRequest
+from worker.gate import breaker
 from worker.keys import request_ledger
+from worker.ops import deadletters
 
 #: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
 BOTH_BROKERS = True

@@ -44,7 +44,7 @@ def signed_producer_code(stack: Stack, request: dict[str, object]) -> str:
     return (
         "import json\n"
         "from config.settings import Settings\n"
-        "from worker.producer import Producer\n"
+        "from worker.broker.producer import Producer\n"
         f"p = Producer({stack.redis_url!r}, Settings())\n"
         f"p.submit(json.loads({json.dumps(json.dumps(request))}))\n"
     )
@@ -102,9 +102,9 @@ def test_the_reconciler_pushes_signed_copies(stack: Stack, tmp_path: Path) -> No
     # When a reconcile run (with the signing settings, as the worker's own task has) runs
     code = (
         "from config.settings import Settings\n"
-        "from worker.producer import Producer\n"
-        "from worker.reconcile import run_reconcile\n"
-        "from worker.services import redis_client\n"
+        "from worker.broker.producer import Producer\n"
+        "from worker.triggers.reconcile import run_reconcile\n"
+        "from worker.delivery.runtime import redis_client\n"
         "s = Settings()\n"
         "print(run_reconcile(redis_client(s.redis_url), s,"
         " sender=Producer(s.redis_url, s)).resubmitted)\n"

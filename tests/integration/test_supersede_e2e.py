@@ -9,8 +9,8 @@ from config.settings import Settings
 from tests.integration.conftest import Stack, new_reference, seed
 from tests.integration.harness import send_process, wait_for
 from worker import keys
-from worker.producer import Producer
-from worker.tracking import get_session, track
+from worker.broker.producer import Producer
+from worker.triggers.tracking import get_session, track
 
 #: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
 BOTH_BROKERS = True

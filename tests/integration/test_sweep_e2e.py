@@ -13,9 +13,9 @@ import pytest
 from config.settings import Settings
 from tests.integration.conftest import Stack, new_reference, seed
 from tests.integration.harness import send_process
-from worker.producer import Producer
-from worker.sweep import SweepReport, plan_sweep, run_sweep
-from worker.tracking import TrackedSession, record
+from worker.broker.producer import Producer
+from worker.triggers.sweep import SweepReport, plan_sweep, run_sweep
+from worker.triggers.tracking import TrackedSession, record
 
 #: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
 BOTH_BROKERS = True
@@ -106,7 +106,7 @@ def test_sweep_task_run_by_the_worker(stack: Stack) -> None:
 def test_racing_sweeps_enqueue_each_due_session_once(stack: Stack,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     # Given 60 due sessions, claimed 3 at a time so that the two sweeps interleave
-    monkeypatch.setattr("worker.sweep.CLAIM_CHUNK", 3)
+    monkeypatch.setattr("worker.triggers.sweep.CLAIM_CHUNK", 3)
     due = [tracked(stack, "idpass", "opened", 8) for _ in range(60)]
     settings = settings_for(stack)
     barrier = threading.Barrier(2)

@@ -8,7 +8,7 @@ import time
 from tests.integration.conftest import Stack, new_reference
 from tests.integration.harness import send_process, wait_for
 from worker import keys
-from worker.tracking import SessionRecord, get_session
+from worker.triggers.tracking import SessionRecord, get_session
 
 #: Run on the Redis broker and on RabbitMQ (tests/integration/conftest.py).
 BOTH_BROKERS = True

@@ -34,9 +34,9 @@ import redis
 
 from tests.integration.conftest import Stack
 from tests.integration.harness import close_producers
-from worker.embedded import RedisServer
-from worker.procs import REPO_ROOT, WorkerProcess
-from worker.simulator.server import Simulator
+from worker.local.procs import REPO_ROOT, WorkerProcess
+from worker.local.redis_server import RedisServer
+from worker.local.simulator.server import Simulator
 
 RELIABILITY_DIR = Path(__file__).resolve().parent
 
@@ -307,7 +307,7 @@ def open_stack(tmp_path: Path, sim_credentials: dict[str, Any] | None = None,
     """A private Redis (append-only), simulator and stack under ``tmp_path``; no worker.
     ``broker_url``: the queue elsewhere (a RabbitMQ vhost), Redis then the state only."""
     # fsync before every answer: a kill -9 must not take back a write Redis acknowledged
-    # (with everysec a postponed write can be lost; see worker.embedded.RedisServer).
+    # (with everysec a postponed write can be lost; see worker.local.redis_server.RedisServer).
     server = RedisServer(appendonly=True, appendfsync="always", data_dir=tmp_path / "redis")
     server.start()
     sim = Simulator(credentials=sim_credentials).start()

@@ -8,7 +8,7 @@ bodies. ``SHAPES`` are the hand-picked cases, one per way an item can be wrong;
 ``junk_items`` is the Hypothesis strategy for everything else (arbitrary bytes, and
 near-valid kombu envelopes with fields dropped, retyped or corrupted).
 
-Each shape says what the Redis transport (``worker.broker_redis``) names it, and which
+Each shape says what the Redis transport (``worker.broker.redis_transport``) names it, and which
 bytes the dead letter shows: the item itself when the transport had to wrap it, the
 envelope's body when the envelope is readable and only Celery refuses what it carries.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from worker import broker_redis as br
+from worker.broker import redis_transport as br
 
 MEGABYTE = 1024 * 1024
 QUEUE = "idvcancel"
@@ -77,7 +77,7 @@ class Junk:
 
     name: str
     raw: bytes
-    #: What ``worker.broker_redis`` calls it, or None: a readable envelope (kombu carries
+    #: What ``worker.broker.redis_transport`` calls it, or None: a readable envelope (kombu carries
     #: it; Celery refuses what is inside).
     redis_reason: str | None
     #: ``error.code`` of its ``rejected`` result on Redis.

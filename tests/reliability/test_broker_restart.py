@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.reliability.conftest import RECONCILE_AGE, RelStack, wait_until
-from worker.procs import WorkerProcess
+from worker.local.procs import WorkerProcess
 
 REQUESTS = 200
 RUNS = 10

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.reliability.conftest import RECONCILE_AGE, RELIABILITY_ENV, RelStack, wait_until
-from worker import wire
+from worker.broker import wire
 
 VISIBILITY = float(RELIABILITY_ENV["IDVCANCEL_VISIBILITY_TIMEOUT_SECONDS"])
 CANCEL_PATH = "/idpass-api/idpass/cancel"

@@ -37,9 +37,9 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 
 from tests.reliability.conftest import RelStack, close_stack, open_stack, wait_until
 from tests.reliability.junk import QUEUE, SHAPES, Junk, junk_items
-from worker.broker_redis import NOT_UTF8, UNREADABLE_CONTENT_TYPE
-from worker.procs import REPO_ROOT, WorkerProcess
-from worker.records import RAW_LIMIT
+from worker.broker.redis_transport import NOT_UTF8, UNREADABLE_CONTENT_TYPE
+from worker.delivery.records import RAW_LIMIT
+from worker.local.procs import REPO_ROOT, WorkerProcess
 
 #: Items per property run: enough to hit every branch of the strategy, few enough that
 #: the run takes seconds against one worker (``JUNK_EXAMPLES=5000`` for a longer hunt).
@@ -135,7 +135,7 @@ def test_junk_ends_rejected_and_the_worker_goes_on(
 #: (un-acked, awaiting its answer), and dies on the spot: no ack, no restore at shutdown.
 POP_AND_DIE = """
 import os, sys, kombu
-conn = kombu.Connection(sys.argv[1], transport="worker.broker_redis:Transport")
+conn = kombu.Connection(sys.argv[1], transport="worker.broker.redis_transport:Transport")
 message = conn.default_channel.basic_get("idvcancel", no_ack=False)
 print(message.content_type, flush=True)
 os._exit(0)
@@ -182,7 +182,7 @@ def _digest(data: bytes) -> str:
 
 def message_ids(raw: bytes) -> set[str]:
     """Every task id the worker may give this item: the digest of the item (the
-    transport wrapped it), or, for a readable envelope, what ``worker.consumer`` names a
+    transport wrapped it), or, for a readable envelope, what ``worker.broker.consumer`` names a
     message by - its ``id`` header, else the digest of its decoded body."""
     ids = {_digest(raw)}
     try:

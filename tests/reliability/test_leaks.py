@@ -32,7 +32,7 @@ SECRETS: list[str] = [
     IDPASS_TOKEN, CREDENTIALS["txcloud"], CREDENTIALS["gu1"], *JUMIO,
     CREDENTIALS["onespan"], base64.b64encode(":".join(JUMIO).encode()).decode(),
 ]
-#: What the simulator's TXCloud answers always carry (worker/simulator/apis/txcloud.py).
+#: What the simulator's TXCloud answers always carry (worker/local/simulator/apis/txcloud.py).
 TXCLOUD_PII = ["El Amrani", "AE123456", "Mohammed", "1990-04-12", "MAREL<AMRANI",
                "AE1234567MAR9004125M3001017"]
 #: Planted in every seeded session's metadata (echoed by gu1 and TXCloud).

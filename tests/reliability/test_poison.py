@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from tests.integration.harness import send_process, send_raw
 from tests.reliability.conftest import RelStack, wait_until
-from worker import intake
+from worker.delivery import intake
 
 FIELDS = ("request_id", "provider", "action", "reference", "reason", "source",
           "requested_by", "options")

@@ -27,11 +27,11 @@ import pytest
 from config.settings import Settings
 from tests.integration.harness import close_producers
 from tests.reliability.conftest import WORKER_READY_TIMEOUT, RelStack, wait_until
-from worker.embedded import RedisServer
-from worker.embedded_rabbitmq import RabbitNode
-from worker.procs import WorkerProcess
-from worker.producer import Producer
-from worker.simulator.server import Simulator
+from worker.broker.producer import Producer
+from worker.local.procs import WorkerProcess
+from worker.local.rabbitmq_node import RabbitNode
+from worker.local.redis_server import RedisServer
+from worker.local.simulator.server import Simulator
 
 KILL_RUNS = 10
 KILL_REQUESTS = 300

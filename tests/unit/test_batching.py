@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from worker.batching import BatchError, BatchTimeout, Coalescer
 from worker.providers import errors
+from worker.providers.batching import BatchError, BatchTimeout, Coalescer
 
 Answer = Mapping[str, str | Exception]
 

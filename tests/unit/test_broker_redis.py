@@ -1,4 +1,4 @@
-"""``worker.broker_redis``: the check of each popped queue item, the wrapping of junk,
+"""``worker.broker.redis_transport``: the check of each popped queue item, the wrapping of junk,
 and how the worker comes to use this transport.
 
 The validator is pure, so it is tested here on every shape from
@@ -28,13 +28,13 @@ from kombu.utils.json import loads as kombu_loads
 from config.celery import REDIS_TRANSPORT, celery_config
 from config.settings import Settings
 from tests.reliability.junk import SHAPES, Junk, envelope, junk_items
-from worker import broker_redis as br
-from worker import wire
+from worker.broker import redis_transport as br
+from worker.broker import wire
 
 QUEUE = "idvcancel"
 
 #: sha256 of kombu 5.7's ``Channel._brpop_read`` and ``Channel._get`` source, which
-#: ``worker.broker_redis`` copies with one line changed.
+#: ``worker.broker.redis_transport`` copies with one line changed.
 KOMBU_SOURCES = {
     "_brpop_read": "c42518699709f2df90f55a048fe6346612ae5527e5c4a6819f2c0920dc62088f",
     "_get": "be26a9f1eb4cf8da2aa65f4815a1709bf80b4434b064d3d7146872d318ad506c",
@@ -163,11 +163,11 @@ def test_whatever_is_popped_kombu_can_carry(raw: bytes) -> None:
 
 @pytest.mark.parametrize("method", sorted(KOMBU_SOURCES))
 def test_the_copied_kombu_methods_are_unchanged(method: str) -> None:
-    # Given kombu's source of a method worker.broker_redis copies
+    # Given kombu's source of a method worker.broker.redis_transport copies
     source = inspect.getsource(getattr(kombu_redis.Channel, method))
     # Then it is the source the copy was made from (else: redo the copy, update the pin)
     assert hashlib.sha256(source.encode()).hexdigest() == KOMBU_SOURCES[method], (
-        f"kombu changed Channel.{method}: copy it again into worker/broker_redis.py")
+        f"kombu changed Channel.{method}: copy it again into worker/broker/redis_transport.py")
 
 
 def test_a_redis_url_selects_the_checked_transport_with_the_urls_address() -> None:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from worker.contract import CancelRequest, Outcome, json_schemas
-from worker.intake import parse
+from worker.delivery.intake import parse
 
 VALID = {
     "request_id": "r-1",

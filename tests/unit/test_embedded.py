@@ -14,15 +14,15 @@ import pytest
 import redis
 
 from tests.integration.harness import send_process, send_raw, wait_for
-from worker import embedded
-from worker.embedded import (
+from worker.local import redis_server as embedded
+from worker.local.procs import WorkerProcess, WorkerStartError
+from worker.local.redis_server import (
     RedisServer,
     RedisServerError,
     ensure_redis,
     find_redis_server,
     redis_ping,
 )
-from worker.procs import WorkerProcess, WorkerStartError
 
 
 def _bundled_binary() -> Path:

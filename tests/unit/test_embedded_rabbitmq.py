@@ -24,8 +24,8 @@ from tests.rabbit import (
     require_rabbitmq,
     wait_depth,
 )
-from worker import embedded_rabbitmq
-from worker.embedded_rabbitmq import (
+from worker.local import rabbitmq_node as embedded_rabbitmq
+from worker.local.rabbitmq_node import (
     CTL_DIST_PORTS,
     RabbitNode,
     RabbitNodeError,

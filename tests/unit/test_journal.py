@@ -7,9 +7,9 @@ import threading
 
 import redis
 
-from worker.audit_store import verify_stream
-from worker.journal import Journal, Moved
-from worker.ledger import read
+from worker.delivery.ledger import read
+from worker.journal.steps import Journal, Moved
+from worker.journal.verify import verify_stream
 
 
 def test_concurrent_steps_keep_one_unbroken_chain(redis_client: redis.Redis) -> None:

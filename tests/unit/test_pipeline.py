@@ -15,11 +15,11 @@ import httpx
 import pytest
 
 from config.settings import Settings
-from worker import ledger
-from worker.audit_store import verify_stream
 from worker.contract import CancelRequest
-from worker.journal import Journal
-from worker.pipeline import Finished, Pipeline, RetryLater
+from worker.delivery import ledger
+from worker.delivery.pipeline import Finished, Pipeline, RetryLater
+from worker.journal.steps import Journal
+from worker.journal.verify import verify_stream
 from worker.providers.idpass import IdPassAdapter
 
 REF = "fe4291ca-d831-4760-96df-c9cb03b3cd95"

@@ -1,4 +1,4 @@
-"""``worker.producer``: requests are refused at the producer, with a message naming the
+"""``worker.broker.producer``: requests are refused at the producer, with a message naming the
 field, before anything is sent; valid ones reach Redis as Celery protocol-2 messages,
 in batches, each written to the intake index in the same step. Runs against the
 session's real Redis (no worker)."""
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis
 
-from worker.producer import InvalidRequest, Producer, load_jsonl, validate
+from worker.broker.producer import InvalidRequest, Producer, load_jsonl, validate
 
 
 def request(n: int = 1, **fields: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The intake index and the reconciler (``worker.reconcile``): what the producer writes,
+"""The intake index and the reconciler (``worker.triggers.reconcile``): what the producer writes,
 what the journal forgets, what a run claims and pushes again, and what it leaves alone.
 
 fakeredis runs the Lua scripts (push, transition, reconcile); the pipeline delivers the
@@ -24,13 +24,14 @@ from pydantic import ValidationError
 
 from config.celery import celery_config
 from config.settings import Settings
-from worker import keys, wire
-from worker.audit_store import verify_stream
-from worker.journal import Journal
-from worker.pipeline import Finished, Pipeline, RetryLater
-from worker.producer import Producer, validate
+from worker import keys
+from worker.broker import wire
+from worker.broker.producer import Producer, validate
+from worker.delivery.pipeline import Finished, Pipeline, RetryLater
+from worker.journal.steps import Journal
+from worker.journal.verify import verify_stream
 from worker.providers.idpass import IdPassAdapter
-from worker.reconcile import ReconcileReport, queue_bound, run_reconcile
+from worker.triggers.reconcile import ReconcileReport, queue_bound, run_reconcile
 
 SETTINGS = Settings(idpass_base_url="http://idpass.test", idpass_token="tok",
                     retry_base_seconds=1, retry_cap_seconds=5)
@@ -339,7 +340,7 @@ def test_a_request_a_worker_takes_between_the_claim_and_the_push_is_not_pushed(
 def test_a_run_claims_in_chunks_and_is_bounded(
         fake_redis: fakeredis.FakeRedis, producer: Producer, journal: Journal,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker import reconcile as module
+    from worker.triggers import reconcile as module
 
     # Given 25 lost requests, chunks of 10 and at most 20 looked at per run
     monkeypatch.setattr(module, "CLAIM_CHUNK", 10)

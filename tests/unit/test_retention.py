@@ -21,13 +21,14 @@ from pydantic import ValidationError
 
 from config.celery import celery_config
 from config.settings import Settings
-from worker import audit, deadletters, keys, retention
+from worker import keys
 from worker.contract import canonical_json
-from worker.journal import Journal
-from worker.ledger import read
-from worker.pipeline import Finished, Pipeline, RetryLater
-from worker.providers.idpass import IdPassAdapter
-from worker.retention import (
+from worker.delivery.ledger import read
+from worker.delivery.pipeline import Finished, Pipeline, RetryLater
+from worker.journal import chain as audit
+from worker.journal.steps import Journal
+from worker.ops import deadletters, retention
+from worker.ops.retention import (
     ArchiveBusy,
     ArchiveMismatch,
     archive_audit,
@@ -35,6 +36,7 @@ from worker.retention import (
     verify_archive,
     verify_redis,
 )
+from worker.providers.idpass import IdPassAdapter
 
 #: 2024-11-24 00:00:00 UTC in ms: records just before it go to the 23rd's file.
 MIDNIGHT = 1_732_406_400_000
@@ -575,7 +577,7 @@ def test_beat_enqueues_the_retention_task() -> None:
 
 def test_the_workers_journal_gets_the_retention_settings(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    from worker import services
+    from worker.delivery import runtime as services
 
     settings = Settings(redis_url="redis://127.0.0.1:1/0", ledger_ttl_seconds=9000,
                         results_maxlen=77)

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from worker import audit
-from worker.retry import RetryPolicy
+from worker.delivery.retry import RetryPolicy
+from worker.journal import chain as audit
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 4, 5, 8])

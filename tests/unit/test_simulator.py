@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from worker.simulator import Simulator, SimulatorClient, SimulatorError
+from worker.local.simulator import Simulator, SimulatorClient, SimulatorError
 
 IDPASS_AUTH = {"Authorization": "Bearer sim-idpass-token"}
 TXCLOUD_AUTH = {"Authorization": "Bearer txc_test_sim-txcloud-key"}
@@ -531,7 +531,7 @@ def test_server_writes_nothing_to_stdout_or_stderr(
 def test_module_entry_point_prints_url_and_env_then_stops_on_sigterm() -> None:
     # Given the simulator started as a module on a free port
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker.simulator", "--port", "0", "--autocreate",
+        [sys.executable, "-m", "worker.local.simulator", "--port", "0", "--autocreate",
          "--latency-ms", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
     )

@@ -13,8 +13,8 @@ import structlog.testing
 from config.settings import Settings
 from worker import keys
 from worker.contract import CancelRequest
-from worker.sweep import humanize, plan_sweep, run_sweep, share, thresholds
-from worker.tracking import (
+from worker.triggers.sweep import humanize, plan_sweep, run_sweep, share, thresholds
+from worker.triggers.tracking import (
     InvalidSession,
     TrackedSession,
     get_session,

@@ -23,6 +23,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
+from worker.delivery.rules import ActionRule, ProviderRules, RuleViolation
 from worker.providers.errors import (
     AnswerLost,
     NotFound,
@@ -35,7 +36,6 @@ from worker.providers.errors import (
     Unauthorized,
 )
 from worker.providers.transport import PooledTransport
-from worker.rules import ActionRule, ProviderRules, RuleViolation
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
@@ -169,7 +169,7 @@ class ProviderAdapter(abc.ABC):
     def validate(self, request: CancelRequest) -> None:
         """Check provider-specific ``options`` before anything is claimed or called.
 
-        Raise ``worker.rules.RuleViolation`` to end the request ``rejected`` (no call).
+        Raise ``worker.delivery.rules.RuleViolation`` to end the request ``rejected`` (no call).
         """
         return  # most providers take no options
 

@@ -41,6 +41,7 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from worker.contract import CancelRequest, Outcome
+from worker.delivery.rules import ActionRule, ProviderRules
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
@@ -50,7 +51,6 @@ from worker.providers.base import (
     short,
 )
 from worker.providers.errors import NotCancellable, ProviderRejected
-from worker.rules import ActionRule, ProviderRules
 
 MIN_REASON = 5
 

@@ -12,7 +12,7 @@ Delete: ``POST {base}/api/transactions/mark-for-erasure`` with ``X-Tenant`` and
 ``{"grace_period": <days >= 0>, "transaction_ids": [...]}``. Erasure is asynchronous: with
 grace period 0 the data goes the same day, otherwise it can be unmarked until the period
 ends. The answer carries one result per transaction (partial success is possible), which
-``mark_for_erasure`` reads. Deletes are batched (``worker.batching``): those of one
+``mark_for_erasure`` reads. Deletes are batched (``worker.providers.batching``): those of one
 grace period that arrive within ``IDVCANCEL_ONESPAN_BATCH_WINDOW_MS`` of each other, on
 any of the process's threads, share one call of up to 500 ids, and each request still
 gets its own transaction's result; a failure of the call as a whole (unreachable, 401,
@@ -54,8 +54,8 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
 from config.settings import Settings
-from worker.batching import BatchError, Coalescer
 from worker.contract import CancelRequest, Outcome
+from worker.delivery.rules import ActionRule, ProviderRules, RuleViolation
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
@@ -64,6 +64,7 @@ from worker.providers.base import (
     short,
     validate_options,
 )
+from worker.providers.batching import BatchError, Coalescer
 from worker.providers.errors import (
     NotCancellable,
     NotFound,
@@ -71,7 +72,6 @@ from worker.providers.errors import (
     ProviderRejected,
     TransientError,
 )
-from worker.rules import ActionRule, ProviderRules, RuleViolation
 
 TENANT_SETTING = "IDVCANCEL_ONESPAN_TENANT"
 

@@ -49,6 +49,7 @@ from typing import Any
 import httpx
 
 from worker.contract import CancelRequest, Outcome
+from worker.delivery.rules import ActionRule, ProviderRules
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
@@ -59,7 +60,6 @@ from worker.providers.base import (
     short,
 )
 from worker.providers.errors import NotCancellable, ProviderRejected, RateLimited
-from worker.rules import ActionRule, ProviderRules
 
 #: Every status either version of the docs names (API reference + concepts page).
 STATUSES = frozenset({

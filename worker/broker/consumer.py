@@ -1,0 +1,189 @@
+"""A Celery consumer that answers the messages Celery itself cannot hand to a task.
+
+Celery logs and acks a message it cannot decode, one with no task name, or one for a
+task it does not know — the message is gone and nobody is told. On the ``idvcancel``
+queue every message is somebody's request, so these also end ``rejected`` with a
+result event, an audit record and a dead-letter entry (the raw body, cut short, for a
+person to inspect). Enabled by ``worker_consumer`` in ``config/celery.py``. Queue items
+that are not even a kombu envelope reach it too, wrapped by ``worker.broker.redis_transport``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+from celery.utils.log import get_logger as celery_logger
+from celery.worker.consumer import Consumer
+from vine import promise
+
+from config.broker import DEAD_LETTER_EXCHANGE
+from worker.broker.redis_transport import unreadable_reason
+from worker.contract import TASK_NAME
+from worker.logs import get_logger
+
+logger = celery_logger(__name__)
+
+
+def _message_id(message: Any) -> str:
+    headers = getattr(message, "headers", None) or {}
+    task_id = headers.get("id") if isinstance(headers, dict) else None
+    if isinstance(task_id, str) and task_id:
+        return task_id
+    body = getattr(message, "body", b"")
+    raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
+    # Redelivery keeps the body, so the same id: the ledger answers it once.
+    return "raw-" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def record_unreadable(message: Any, code: str, text: str) -> None:
+    """Reject an unusable message for the record; never raises into Celery's loop."""
+    from worker.delivery.runtime import pipeline
+
+    task_id = _message_id(message)
+    body = getattr(message, "body", b"")
+    try:
+        pipeline().reject_unreadable(task_id, code, text, raw=body)
+    except Exception:  # noqa: BLE001 - the consumer must go on; the log says what happened
+        get_logger(task_id=task_id).exception("unreadable_not_recorded", error=code)
+
+
+def _deliveries(message: Any) -> str:
+    """How many times RabbitMQ delivered a dead-lettered message, as its ``x-death``
+    header tells (best effort: a phrase for the error text)."""
+    headers = getattr(message, "headers", None) or {}
+    deaths = headers.get("x-death") if isinstance(headers, dict) else None
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        reason = deaths[0].get("reason")
+        if reason == "delivery_limit":
+            return "its delivery limit"
+        if isinstance(reason, str | bytes):
+            return f"'{reason!s}'"[:60]
+    return "its delivery limit"
+
+
+def record_dead(message: Any) -> None:
+    """Answer a message RabbitMQ dead-lettered to ``idvcancel.dead``; never raises."""
+    from worker.delivery.runtime import pipeline
+
+    task_id = _message_id(message)
+    why = (f"the broker gave this message up ({_deliveries(message)}): each delivery ended"
+           " without an answer, as when a worker dies on it; it was not carried out")
+    try:
+        body = message.decode()
+        if not (isinstance(body, list | tuple) and len(body) == 3
+                and isinstance(body[0], list | tuple) and isinstance(body[1], dict)):
+            raise ValueError("not a task body")
+        pipeline().reject_dead(list(body[0]), dict(body[1]), task_id, why)
+    except Exception:  # noqa: BLE001 - unreadable as a task: answered as such below
+        record_unreadable(message, "delivery_limit", why)
+
+
+def is_dead_lettered(message: Any) -> bool:
+    info = getattr(message, "delivery_info", None) or {}
+    return isinstance(info, dict) and info.get("exchange") == DEAD_LETTER_EXCHANGE
+
+
+def shape_problem(message: Any) -> str | None:
+    """Why an ``idvcancel.process`` message cannot be handed to the task, or None.
+
+    Celery unpacks ``[args, kwargs, embed]`` and a few headers before our code runs; a
+    message that breaks that unpacking would otherwise raise in the consumer loop and
+    stop the worker (and the next one, as it comes back). Messages that do not decode
+    are left to Celery's own decode-error path.
+    """
+    headers = getattr(message, "headers", None)
+    if not isinstance(headers, dict) or headers.get("task") != TASK_NAME:
+        return None
+    timelimit = headers.get("timelimit")
+    if timelimit is not None and not (isinstance(timelimit, list | tuple)
+                                      and len(timelimit) == 2):
+        return "the timelimit header is not a pair"
+    try:
+        body = message.decode()
+    except Exception:  # noqa: BLE001 - Celery's on_decode_error answers these
+        return None
+    if not (isinstance(body, list | tuple) and len(body) == 3):
+        return "the body is not [args, kwargs, embed]"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "the task arguments are not a list"
+    if not isinstance(kwargs, dict) or "self" in kwargs:
+        return "the task keyword arguments are not an object of plain names"
+    if embed is not None and not isinstance(embed, dict):
+        return "the embed part of the body is not an object"
+    return None
+
+
+class RecordingConsumer(Consumer):
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Any], Any]:
+        handler = super().create_task_handler(promise)
+        connection_errors: tuple[type[BaseException], ...] = tuple(
+            getattr(self, "connection_errors", ()))
+
+        def on_task_received(message: Any) -> Any:
+            if is_dead_lettered(message):
+                # Recorded, never run: running it is what killed its workers.
+                record_dead(message)
+                message.ack()
+                return None
+            problem = shape_problem(message)
+            if problem is not None:
+                record_unreadable(message, "invalid_task_message", problem)
+                message.reject_log_error(logger, connection_errors)
+                return None
+            try:
+                return handler(message)
+            except connection_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
+                record_unreadable(message, "invalid_task_message",
+                                  f"Celery could not take the message ({type(exc).__name__})")
+                message.reject_log_error(logger, connection_errors)
+                return None
+
+        return on_task_received
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        reason = unreadable_reason(message)
+        if reason is None:
+            record_unreadable(message, "undecodable_message",
+                              f"the message body could not be decoded ({type(exc).__name__})")
+            super().on_decode_error(message, exc)
+            return
+        # A queue item the transport had to wrap (worker.broker.redis_transport): the reason
+        # is known,
+        # so no CRITICAL with a traceback and a dump of the raw bytes (which may be large or
+        # hold personal data; the dead letter keeps them, cut short). Acked like Celery does.
+        record_unreadable(message, "unreadable_envelope",
+                          f"the queue item is not a message envelope: {reason}")
+        get_logger(task_id=_message_id(message)).warning(
+            "unreadable_envelope", reason=reason, size=len(getattr(message, "body", b"")))
+        message.ack()
+
+    def on_unknown_message(self, body: Any, message: Any) -> None:
+        record_unreadable(message, "unknown_message", "not a Celery task message")
+        super().on_unknown_message(body, message)
+
+    def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
+        headers = getattr(message, "headers", None) or {}
+        name = str(headers.get("task", "?"))[:100] if isinstance(headers, dict) else "?"
+        record_unreadable(message, "unknown_task", f"no task named {name!r} on this queue")
+        connection_errors: tuple[type[BaseException], ...] = tuple(
+            getattr(self, "connection_errors", ()))
+        try:
+            super().on_unknown_task(body, message, exc)
+        except connection_errors:
+            raise
+        except Exception:  # noqa: BLE001 - answered already; see below
+            # Celery names a message without an id header by decoding its body, which
+            # raises for a body it cannot decode: the message would be recorded a second
+            # time (a stray "duplicate") by the handler's catch-all. Reject it here.
+            if not message.acknowledged:
+                message.reject_log_error(logger, connection_errors)
+
+    def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
+        record_unreadable(message, "invalid_task_message",
+                          f"the task message is invalid ({type(exc).__name__})")
+        super().on_invalid_task(body, message, exc)

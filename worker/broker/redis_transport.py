@@ -1,0 +1,289 @@
+"""kombu's Redis transport, except that a queue item which is not a kombu envelope is
+answered instead of being fatal.
+
+Why: a producer in any language writes one ``LPUSH idvcancel '<json>'`` (README,
+"Producers"). kombu's Redis channel pops the item and calls ``loads()`` on it, then builds
+a ``Message`` from ``payload['properties']`` and records it as un-acked from
+``delivery_info['exchange' / 'routing_key']``. An item that is not JSON raises out of the
+event loop and kills the worker; one that is JSON of the wrong shape drops the
+connection, and the item - already popped - is gone without a trace. Both happen before
+any Celery or project code runs, so ``worker.broker.consumer`` cannot answer them.
+
+Here each popped item is checked first (:func:`read_envelope`). Anything kombu could not
+carry is wrapped (:func:`wrap`) into a well-formed envelope whose base64 body is the item's
+raw bytes, with a content type the worker does not accept and a header naming the
+reason. From there it travels the normal way: kombu records it as un-acked (a crash
+before it is answered redelivers it), Celery cannot decode it, and
+``RecordingConsumer.on_decode_error`` records it ``rejected`` (``unreadable_envelope``,
+the reason as the error text) with an audit record and a dead letter holding the raw
+bytes. Valid envelopes pass unchanged, parsed once as before.
+
+Only ``Channel._brpop_read`` (the worker's blocking pop) and ``Channel._get`` (the
+non-blocking one, ``basic_get``) change: each is kombu 5.7's method with the one
+``loads(bytes_to_str(item))`` replaced. ``tests/unit/test_broker_redis.py`` pins kombu's
+source of both, so a kombu upgrade that changes them fails until the copies are redone.
+``config/celery.py`` selects this transport for ``redis://`` broker URLs. Producers do not
+need it (they only push).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import uuid
+from queue import Empty  # what kombu's pops raise for "nothing there"
+from typing import Any, NoReturn
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import Channel as VirtualChannel
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import object_hook as kombu_object_hook
+
+__all__ = ["REASONS", "UNREADABLE_CONTENT_TYPE", "UNREADABLE_HEADER", "Channel",
+           "NotAnEnvelope", "Transport", "envelope_for", "read_envelope",
+           "unreadable_reason", "wrap"]
+
+#: The content type of a wrapped item: no serializer knows it, so Celery cannot decode it.
+UNREADABLE_CONTENT_TYPE = "application/x-idvcancel-unreadable"
+#: The header of a wrapped item that says why it was wrapped (one of ``REASONS``).
+UNREADABLE_HEADER = "x-idvcancel-unreadable"
+
+NOT_UTF8 = "not valid UTF-8"
+NOT_JSON = "not valid JSON"
+BAD_TYPED_VALUE = "a kombu typed value (__type__) that does not decode"
+LONE_SURROGATE = "a \\u escape that is not Unicode (lone surrogate)"
+TOO_DEEP = "JSON nested too deeply"
+NOT_OBJECT = "JSON but not an object"
+NO_PROPERTIES = "no properties object"
+NO_DELIVERY_TAG = "no delivery_tag string in the properties"
+NO_DELIVERY_INFO = "no delivery_info object with exchange and routing_key strings"
+BAD_BODY_ENCODING = "a body_encoding other than base64"
+NO_BODY = "no body string"
+BAD_BASE64 = "a body that is not valid base64"
+BAD_HEADERS = "headers that are not an object"
+BAD_CONTENT_TYPE = "a content-type or content-encoding that is not a string"
+#: Every reason a wrapped item can carry. The consumer trusts the header only when it is
+#: one of these, so a producer cannot put text of its own choosing in the record.
+REASONS = frozenset({NOT_UTF8, NOT_JSON, BAD_TYPED_VALUE, LONE_SURROGATE, TOO_DEEP,
+                     NOT_OBJECT, NO_PROPERTIES, NO_DELIVERY_TAG, NO_DELIVERY_INFO,
+                     BAD_BODY_ENCODING, NO_BODY, BAD_BASE64, BAD_HEADERS, BAD_CONTENT_TYPE})
+
+#: Deeper than any real envelope (Celery's is 3 levels) and far below the recursion limit
+#: that kombu's ``dumps`` of the un-acked copy would otherwise hit in the consumer loop.
+MAX_DEPTH = 32
+#: A lone surrogate (say in the id header) cannot be written to Redis or a log line, so
+#: the message could not be recorded. It can only come from a ``\\u`` escape (UTF-8
+#: cannot encode one): the full walk runs only for items with such an escape or many
+#: brackets, and the common item costs two byte counts and one regex search.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_BASE64 = VirtualChannel.codecs["base64"]
+
+
+class NotAnEnvelope(ValueError):
+    """A queue item kombu could not carry; ``reason`` is one of ``REASONS``."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _refuse_constant(name: str) -> NoReturn:
+    raise NotAnEnvelope(NOT_JSON)  # NaN and Infinity are not JSON (RFC 8259)
+
+
+def _object_hook(obj: dict[str, Any]) -> Any:
+    try:  # kombu's: {"__type__": "datetime", "__value__": ...} and the like
+        return kombu_object_hook(obj)
+    except Exception:  # noqa: BLE001 - kombu's decoders raise what they raise
+        raise NotAnEnvelope(BAD_TYPED_VALUE) from None
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400: kombu's priority handling cannot take inf
+        raise NotAnEnvelope(NOT_JSON)
+    return value
+
+
+def _walk(value: Any, depth: int = 1) -> None:
+    if depth > MAX_DEPTH:
+        raise NotAnEnvelope(TOO_DEEP)
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise NotAnEnvelope(LONE_SURROGATE) from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _walk(key, depth)
+            _walk(item, depth + 1)
+    elif isinstance(value, list):
+        for item in value:
+            _walk(item, depth + 1)
+
+
+def _parse(raw: bytes) -> Any:
+    try:
+        text = raw.decode("utf-8")  # strict: kombu would replace bad bytes and read on
+    except UnicodeDecodeError:
+        raise NotAnEnvelope(NOT_UTF8) from None
+    try:
+        payload = json.loads(text, object_hook=_object_hook,
+                             parse_constant=_refuse_constant, parse_float=_finite)
+    except NotAnEnvelope:
+        raise
+    except (ValueError, RecursionError):  # also: an integer of more than 4300 digits
+        raise NotAnEnvelope(NOT_JSON) from None
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(raw):
+        _walk(payload)
+    return payload
+
+
+def _optional_str(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def read_envelope(raw: bytes | str) -> dict[str, Any]:
+    """The kombu envelope in a queue item, checked for everything kombu's ``Message`` and
+    ``QoS.append`` read (and the restore of an un-acked copy after a crash writes).
+
+    Raises :class:`NotAnEnvelope` naming the first problem. A ``"headers": null`` is
+    dropped: kombu reads it as no headers, but its restore would write into it and lose
+    the message.
+
+    Examples:
+        >>> read_envelope(b'{"body": "", "properties": {"delivery_tag": "t",'
+        ...               b' "delivery_info": {"exchange": "", "routing_key": "q"}}}')["body"]
+        ''
+        >>> read_envelope(b"[1, 2]")
+        Traceback (most recent call last):
+        ...
+        worker.broker.redis_transport.NotAnEnvelope: JSON but not an object
+    """
+    payload = _parse(raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass"))
+    if not isinstance(payload, dict):
+        raise NotAnEnvelope(NOT_OBJECT)
+    properties = payload.get("properties")
+    if not isinstance(properties, dict):
+        raise NotAnEnvelope(NO_PROPERTIES)
+    tag = properties.get("delivery_tag")
+    if not isinstance(tag, str) or not tag:
+        raise NotAnEnvelope(NO_DELIVERY_TAG)
+    info = properties.get("delivery_info")
+    if not (isinstance(info, dict) and isinstance(info.get("exchange"), str)
+            and isinstance(info.get("routing_key"), str)):
+        raise NotAnEnvelope(NO_DELIVERY_INFO)
+    body = payload.get("body")
+    if not isinstance(body, str):
+        raise NotAnEnvelope(NO_BODY)
+    encoding = properties.get("body_encoding")
+    if encoding == "base64":
+        try:
+            _BASE64.decode(body)  # the codec kombu decodes it with
+        except (binascii.Error, ValueError):
+            raise NotAnEnvelope(BAD_BASE64) from None
+    elif not (encoding is None or (isinstance(encoding, str) and encoding.lower() == "utf-8")):
+        raise NotAnEnvelope(BAD_BODY_ENCODING)  # kombu: no codec, AttributeError
+    headers = payload.get("headers")
+    if headers is None:
+        payload.pop("headers", None)
+    elif not isinstance(headers, dict):
+        raise NotAnEnvelope(BAD_HEADERS)
+    if not (_optional_str(payload.get("content-type"))
+            and _optional_str(payload.get("content-encoding"))):
+        raise NotAnEnvelope(BAD_CONTENT_TYPE)
+    return payload
+
+
+def wrap(raw: bytes | str, reason: str, queue: str) -> dict[str, Any]:
+    """A well-formed envelope that carries ``raw`` (base64) to the consumer as unreadable.
+
+    A fresh delivery tag (the item's own, if any, cannot be trusted); exchange ``""``
+    with the queue as routing key, so a restore after a crash puts it back where it
+    was popped from. No task id: the consumer names it by the digest of the raw bytes,
+    which a redelivery keeps.
+    """
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    return {
+        "body": base64.b64encode(data).decode("ascii"),
+        "content-type": UNREADABLE_CONTENT_TYPE,
+        "content-encoding": "binary",
+        "headers": {UNREADABLE_HEADER: reason},
+        "properties": {
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "delivery_mode": 2,
+            "priority": 0,
+        },
+    }
+
+
+def envelope_for(raw: bytes | str, queue: str) -> dict[str, Any]:
+    """What the consumer gets for a queue item: its envelope, or the item wrapped."""
+    try:
+        return read_envelope(raw)
+    except NotAnEnvelope as exc:
+        return wrap(raw, exc.reason, queue)
+
+
+def unreadable_reason(message: Any) -> str | None:
+    """Why the transport wrapped ``message`` (a kombu ``Message``), or None if it did not."""
+    if getattr(message, "content_type", None) != UNREADABLE_CONTENT_TYPE:
+        return None
+    headers = getattr(message, "headers", None)
+    reason = headers.get(UNREADABLE_HEADER) if isinstance(headers, dict) else None
+    return reason if isinstance(reason, str) and reason in REASONS else None
+
+
+class Channel(kombu_redis.Channel):
+    """kombu's Redis channel; only the two pops differ (see the module docstring)."""
+
+    def _brpop_read(self, **options: Any) -> bool:
+        # kombu 5.7's Channel._brpop_read; the one change is marked. kombu's stubs do not
+        # declare the private members it uses, hence ``chan``.
+        chan: Any = self
+        try:
+            try:
+                dest__item = chan.client.parse_response(chan.client.connection,
+                                                        "BRPOP",
+                                                        **options)
+            except chan.connection_errors:
+                # if there's a ConnectionError, disconnect so the next
+                # iteration will reconnect automatically.
+                chan.client.connection.disconnect()
+                raise
+            if dest__item:
+                dest, item = dest__item
+                dest = bytes_to_str(dest).rsplit(chan.sep, 1)[0]
+                chan._queue_cycle.rotate(dest)
+                chan.connection._deliver(envelope_for(item, dest), dest)  # changed
+                return True
+            raise Empty()
+        finally:
+            chan._in_poll = None
+            # The BRPOP connection is idle now: kombu's moment to flush a pending
+            # streaming re-auth token.
+            chan._flush_brpop_reauth()
+
+    def _get(self, queue: str, timeout: float | None = None) -> dict[str, Any]:
+        # kombu 5.7's Channel._get (which takes no timeout: the stubs' base signature
+        # does); the one change is marked.
+        chan: Any = self
+        with chan.conn_or_acquire() as client:
+            for pri in chan.priority_steps:
+                item = client.rpop(chan._q_for_pri(queue, pri))
+                if item:
+                    chan._maybe_update_queues_expire(client, queue)
+                    return envelope_for(item, queue)  # changed
+            chan._maybe_update_queues_expire(client, queue)
+            raise Empty()
+
+
+class Transport(kombu_redis.Transport):
+    """kombu's Redis transport with :class:`Channel`; selected by ``config/celery.py``."""
+
+    Channel = Channel

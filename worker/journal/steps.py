@@ -1,0 +1,185 @@
+"""The journal: applies steps atomically (ledger, audit chain, result event, dead
+letter) through ``lua/transition.lua``.
+
+The audit chain's hashes are computed here, in Python, and compared-and-set in Redis.
+Threads of one process do not each pay a round trip: whichever thread finds the
+journal free takes every step waiting at that moment and sends them in one script
+call (group commit), sealing their audit records one after the other. If another
+process appended first, the script answers with the new head and we seal again.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis
+
+from worker import keys
+from worker.contract import canonical_json
+from worker.delivery.ledger import DONE
+from worker.journal import chain as audit
+
+_LUA = resources.files("worker").joinpath("lua/transition.lua").read_text()
+#: Most steps sent in one script call (bounds how long Redis is busy with one call).
+MAX_BATCH = 256
+_FIXED_KEYS = [keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX,
+               keys.INTAKE, keys.INTAKE_REQUESTS]
+
+
+@dataclass(frozen=True)
+class Moved:
+    """The ledger changed under us: re-read it and decide again."""
+
+    version: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    entry_id: str
+    entry: Mapping[str, Any]
+
+
+@dataclass
+class _Step:
+    ledger_key: str
+    expected_version: int
+    fixed: list[str]  # ledger JSON, event, dead letter, dead-letter id, TTL, forget
+    records: Sequence[Mapping[str, Any]]
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Moved | None = None
+    error: BaseException | None = None
+
+    def finish(self, result: Moved | None = None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+class Journal:
+    """Writes steps for all requests of one process.
+
+    Parameters:
+        client: a Redis client (``decode_responses=True``).
+        ledger_ttl: seconds a finished request's ledger is kept (0 = forever).
+        results_maxlen: approximate cap on the results stream (0 = unbounded).
+    """
+
+    def __init__(
+        self, client: redis.Redis, *, ledger_ttl: int = 0, results_maxlen: int = 0
+    ) -> None:
+        self.client = client
+        self._script = client.register_script(_LUA)
+        self._flush = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[_Step] = []
+        self._head = ""
+        self.ledger_ttl = ledger_ttl
+        self.results_maxlen = results_maxlen
+
+    def apply(
+        self,
+        ledger_key: str,
+        expected_version: int,
+        *,
+        ledger: Mapping[str, str] | None = None,
+        records: Sequence[Mapping[str, Any]] = (),
+        event: Mapping[str, Any] | None = None,
+        dead_letter: DeadLetter | None = None,
+        ledger_ttl: int | None = None,
+    ) -> Moved | None:
+        """Apply one step; None when applied, ``Moved`` when the ledger moved first."""
+        step = self._step(ledger_key, expected_version, ledger=ledger, records=records,
+                          event=event, dead_letter=dead_letter, ledger_ttl=ledger_ttl)
+        return self._wait([step])[0]
+
+    def apply_many(self, steps: Sequence[tuple[str, int, Sequence[Mapping[str, Any]]]]
+                   ) -> list[Moved | None]:
+        """Append audit records to several ledgers' requests in as few script calls as
+        the batch size allows (``(ledger key, expected version, records)`` each; the
+        ledgers themselves are left as they are). One answer per step, as ``apply``."""
+        made = [self._step(key, version, records=records) for key, version, records in steps]
+        return self._wait(made)
+
+    def _step(self, ledger_key: str, expected_version: int, *,
+              ledger: Mapping[str, str] | None = None,
+              records: Sequence[Mapping[str, Any]] = (),
+              event: Mapping[str, Any] | None = None,
+              dead_letter: DeadLetter | None = None,
+              ledger_ttl: int | None = None) -> _Step:
+        ttl = self.ledger_ttl if ledger_ttl is None else ledger_ttl
+        # A finished request leaves the intake index in the same step (one ZREM, one
+        # HDEL): the index holds requests in flight only, and nothing else removes them.
+        done = ledger is not None and ledger.get("phase") == DONE
+        forget = (keys.request_id_of_ledger(ledger_key) or "") if done else ""
+        return _Step(ledger_key, expected_version, [
+            json.dumps(ledger) if ledger is not None else "",
+            canonical_json(event) if event is not None else "",
+            canonical_json(dead_letter.entry) if dead_letter else "",
+            dead_letter.entry_id if dead_letter else "",
+            str(ttl),
+            forget,
+        ], records)
+
+    def _wait(self, steps: list[_Step]) -> list[Moved | None]:
+        with self._queue_lock:
+            self._queue.extend(steps)
+        for step in steps:
+            self._until_done(step)
+        for step in steps:
+            if step.error is not None:
+                raise step.error
+        return [step.result for step in steps]
+
+    def _until_done(self, step: _Step) -> None:
+        while not step.done.is_set():
+            if self._flush.acquire(blocking=False):
+                try:
+                    self._drain(step)
+                finally:
+                    self._flush.release()
+            step.done.wait(0.002)
+
+    def _drain(self, own: _Step) -> None:
+        # Until our own step is written, then hand over: a thread that kept writing for
+        # everyone would starve its own task (and could outlive its lease).
+        while not own.done.is_set():
+            with self._queue_lock:
+                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            if not batch:
+                return
+            try:
+                self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - handed to each waiting thread
+                for step in batch:
+                    if not step.done.is_set():
+                        step.finish(error=exc)
+
+    def _commit(self, batch: list[_Step]) -> None:
+        while batch:
+            args = [self._head, str(self.results_maxlen), str(int(time.time() * 1000)),
+                    str(len(batch))]
+            head = self._head
+            for step in batch:
+                sealed, head = audit.seal_all(step.records, head)
+                args += [str(step.expected_version), *step.fixed,
+                         str(len(sealed)), head, *(canonical_json(r) for r in sealed)]
+            reply = self._script(keys=[*_FIXED_KEYS, *(s.ledger_key for s in batch)],
+                                 args=args)
+            if reply[0] == 1:
+                self._head = head
+                for step in batch:
+                    step.finish()
+                return
+            if reply[0] == 0:  # another process appended first: seal again on its head
+                self._head = str(reply[1])
+                continue
+            moved_at, version, self._head = int(reply[1]) - 1, int(reply[2]), str(reply[3])
+            for step in batch[:moved_at]:
+                step.finish()
+            batch[moved_at].finish(Moved(version))
+            batch = batch[moved_at + 1:]

@@ -1,5 +1,0 @@
-"""``python -m worker.simulator --host 127.0.0.1 --port 8765 [--autocreate] [--latency-ms N]``."""
-
-from worker.simulator.server import main
-
-raise SystemExit(main())
