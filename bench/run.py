@@ -272,7 +272,7 @@ def bench_retention(n: int) -> tuple[float, float]:
                 proc.stop()
             time.sleep(6)  # the ledger TTL runs out
             try:
-                from worker.ops.retention import archive_audit
+                from worker.journal.archive import archive_audit
                 archive_audit(client, LOGS / "archive", 0, time.time())
             except ImportError:
                 pass

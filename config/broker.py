@@ -31,11 +31,13 @@ from urllib.parse import urlsplit
 
 from kombu import Exchange, Queue
 
+from config.names import QUEUE
+
 AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp"})
 REDIS_SCHEMES = frozenset({"redis", "rediss", "sentinel", "socket", "unix"})
 
 #: The queue and exchange names of the contract (``worker.contract.QUEUE``).
-QUEUE_NAME = "idvcancel"
+QUEUE_NAME = QUEUE
 #: Where RabbitMQ sends a message past its delivery limit; consumed by every worker.
 DEAD_LETTER_QUEUE = "idvcancel.dead"
 DEAD_LETTER_EXCHANGE = "idvcancel.dead"

@@ -47,8 +47,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from config.broker import amqp_queues
+from config.names import QUEUE
 from config.settings import Settings
-from worker.contract import QUEUE
 
 PREFETCH_MULTIPLIER = 4
 #: kombu's Redis transport with the checked pop (``worker.broker.redis_transport``).

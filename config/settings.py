@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.broker import DEFAULT_DELIVERY_LIMIT, is_amqp, is_redis
-from worker.contract import PROVIDERS
+from config.names import PROVIDERS
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -231,3 +231,31 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process-wide settings, read once."""
     return Settings()
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line naming each refused variable, what it got and what it accepts.
+
+    Secrets are never echoed (only that the value was refused).
+
+    Examples:
+        >>> try:
+        ...     Settings(retry_max_attempts="abc")
+        ... except ValidationError as exc:
+        ...     print(describe_settings_error(exc))
+        ... # doctest: +ELLIPSIS
+        IDVCANCEL_RETRY_MAX_ATTEMPTS='abc': Input should be a valid integer, ...
+    """
+    parts = []
+    for item in error.errors():
+        message = str(item["msg"]).removeprefix("Value error, ")
+        field = str(item["loc"][0]) if item["loc"] else ""
+        if not field:  # a check across settings: its message names the variables
+            parts.append(message)
+            continue
+        variable = f"IDVCANCEL_{field.upper()}"
+        secret = Settings.model_fields.get(field) is not None and (
+            Settings.model_fields[field].annotation is SecretStr)
+        shown = "(hidden)" if secret else repr(item.get("input"))[:80]
+        parts.append(f"{variable}={shown}: {message}")
+    return "; ".join(parts)

@@ -19,8 +19,10 @@ from celery import Task
 from config.settings import get_settings
 from worker import keys
 from worker.app import app
+from worker.errors import ArchiveBusy, ArchiveError
+from worker.journal.archive import archive_audit
 from worker.logs import get_logger
-from worker.ops.retention import ArchiveBusy, ArchiveError, archive_audit, trim_intake
+from worker.ops.retention import trim_intake
 from worker.triggers.tracking import shared_client
 
 TASK_NAME = "idvcancel.retention"

@@ -19,14 +19,9 @@ from celery.exceptions import Reject
 
 from config.settings import get_settings
 from worker.app import app
+from worker.errors import InvalidSession
 from worker.logs import get_logger
-from worker.triggers.tracking import (
-    InvalidSession,
-    shared_client,
-    shared_sender,
-    track,
-    validate_session,
-)
+from worker.triggers.tracking import shared_client, shared_sender, track, validate_session
 
 TASK_NAME = "idvcancel.track"
 #: Retries of a report that hit a failure other than Redis being away. Recording is

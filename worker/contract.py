@@ -15,8 +15,29 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
-TASK_NAME = "idvcancel.process"
-QUEUE = "idvcancel"
+from config.names import PROVIDERS, QUEUE, TASK_NAME, ProviderName
+
+__all__ = [
+    "AUDIT_FIELD",
+    "AUDIT_STREAM",
+    "MAX_REQUEST_ID_LENGTH",
+    "PROVIDERS",
+    "QUEUE",
+    "RESULTS_FIELD",
+    "RESULTS_STREAM",
+    "TASK_NAME",
+    "ActionName",
+    "CancelRequest",
+    "ErrorInfo",
+    "Outcome",
+    "ProviderName",
+    "ResultEvent",
+    "SourceName",
+    "canonical_json",
+    "json_schemas",
+    "utc_now_iso",
+]
+
 RESULTS_STREAM = "idvcancel:results"
 RESULTS_FIELD = "event"
 AUDIT_STREAM = "idvcancel:audit"
@@ -24,10 +45,8 @@ AUDIT_FIELD = "record"
 
 MAX_REQUEST_ID_LENGTH = 128
 
-ProviderName = Literal["idpass", "txcloud", "gu1", "jumio", "onespan"]
 ActionName = Literal["cancel", "delete"]
 SourceName = Literal["api", "sweep", "supersede", "manual"]
-PROVIDERS: tuple[ProviderName, ...] = ("idpass", "txcloud", "gu1", "jumio", "onespan")
 
 
 class Outcome(StrEnum):

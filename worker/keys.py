@@ -7,7 +7,7 @@
 | ``idvcancel:audit:head`` | string ``"<seq>:<hash>"`` | the chain's last link (compare-and-set) |
 | ``idvcancel:audit:archived`` | hash (id, seq, hash, file, ...) | the last archived record |
 | ``idvcancel:audit:archive:lock`` | string (token, PX) | held while records are archived |
-| ``idvcancel:req:<request_id>`` | hash | one request's ledger (``worker.delivery.ledger``) |
+| ``idvcancel:req:<request_id>`` | hash | one request's ledger (``worker.journal.ledger``) |
 | ``idvcancel:msg:<task_id>`` | hash | the ledger of a message whose request id could not be read |
 | ``idvcancel:dlq`` | hash id → JSON | dead letters: everything needed to replay a request |
 | ``idvcancel:dlq:index`` | sorted set, score = ms | dead letters in the order they arrived |

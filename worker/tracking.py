@@ -2,6 +2,7 @@
 kept so that existing callers go on working. New code imports from ``worker``
 (``from worker import track``); the code lives in ``worker.triggers.tracking``."""
 
-from worker.triggers.tracking import InvalidSession, TrackedSession, track, validate_session
+from worker.errors import InvalidSession
+from worker.triggers.tracking import TrackedSession, track, validate_session
 
 __all__ = ["InvalidSession", "TrackedSession", "track", "validate_session"]

@@ -15,7 +15,8 @@ import os
 import sys
 import uuid
 
-from worker.broker.producer import InvalidRequest, Producer
+from worker.broker.producer import Producer
+from worker.errors import InvalidRequest
 
 
 def cancel(reference: str) -> dict[str, str]:

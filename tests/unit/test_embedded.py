@@ -14,15 +14,10 @@ import pytest
 import redis
 
 from tests.integration.harness import send_process, send_raw, wait_for
+from worker.errors import RedisServerError, WorkerStartError
 from worker.local import redis_server as embedded
-from worker.local.procs import WorkerProcess, WorkerStartError
-from worker.local.redis_server import (
-    RedisServer,
-    RedisServerError,
-    ensure_redis,
-    find_redis_server,
-    redis_ping,
-)
+from worker.local.procs import WorkerProcess
+from worker.local.redis_server import RedisServer, ensure_redis, find_redis_server, redis_ping
 
 
 def _bundled_binary() -> Path:

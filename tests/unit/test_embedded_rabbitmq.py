@@ -24,13 +24,9 @@ from tests.rabbit import (
     require_rabbitmq,
     wait_depth,
 )
+from worker.errors import RabbitNodeError
 from worker.local import rabbitmq_node as embedded_rabbitmq
-from worker.local.rabbitmq_node import (
-    CTL_DIST_PORTS,
-    RabbitNode,
-    RabbitNodeError,
-    find_rabbitmq_server,
-)
+from worker.local.rabbitmq_node import CTL_DIST_PORTS, RabbitNode, find_rabbitmq_server
 
 MACHINE_NODE = "rabbit@localhost"
 MACHINE_PORTS = {5672, 25672}

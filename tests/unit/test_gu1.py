@@ -13,9 +13,10 @@ import pytest
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import RuleViolation, check
+from worker.errors import RuleViolation
 from worker.providers import errors
 from worker.providers.gu1 import RULES, Gu1Adapter
+from worker.providers.rules import check
 
 REF = "val_7f3c2a"
 CANCEL = RULES.actions["cancel"]

@@ -9,9 +9,10 @@ import pytest
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import RuleViolation, check
+from worker.errors import RuleViolation
 from worker.providers import errors
 from worker.providers.idpass import RULES, IdPassAdapter
+from worker.providers.rules import check
 
 REF = "fe4291ca-d831-4760-96df-c9cb03b3cd95"
 

@@ -7,7 +7,7 @@ import threading
 
 import redis
 
-from worker.delivery.ledger import read
+from worker.journal.ledger import read
 from worker.journal.steps import Journal, Moved
 from worker.journal.verify import verify_stream
 

@@ -12,10 +12,11 @@ import pytest
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import RuleViolation, check
+from worker.errors import RuleViolation
 from worker.providers import errors
 from worker.providers.base import ProviderAnswer
 from worker.providers.jumio import RULES, JumioAdapter, startup_warnings
+from worker.providers.rules import check
 
 REF = "8f0c2a4e-5b7d-4c1e-9a3f-0d2b6e8c1a57"  # 36 characters, the documented maximum
 DELETE = RULES.actions["delete"]

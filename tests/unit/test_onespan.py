@@ -13,7 +13,7 @@ import pytest
 
 from config.settings import Settings
 from worker.contract import ActionName, CancelRequest, Outcome
-from worker.delivery.rules import RuleViolation, check
+from worker.errors import RuleViolation
 from worker.providers import errors
 from worker.providers.base import ProviderAnswer
 from worker.providers.onespan import (
@@ -23,6 +23,7 @@ from worker.providers.onespan import (
     mark_for_erasure,
     parse_erasure_results,
 )
+from worker.providers.rules import check
 
 REF = "968c1ceb-7508-4a92-aef7-3661b01ffcab"
 OTHER = "6cca2f64-2781-49fc-85de-f80361581969"

@@ -16,8 +16,8 @@ import pytest
 
 from config.settings import Settings
 from worker.contract import CancelRequest
-from worker.delivery import ledger
 from worker.delivery.pipeline import Finished, Pipeline, RetryLater
+from worker.journal import ledger
 from worker.journal.steps import Journal
 from worker.journal.verify import verify_stream
 from worker.providers.idpass import IdPassAdapter

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import redis
 
-from worker.broker.producer import InvalidRequest, Producer, load_jsonl, validate
+from worker.broker.producer import Producer, load_jsonl, validate
+from worker.errors import InvalidRequest
 
 
 def request(n: int = 1, **fields: Any) -> dict[str, Any]:

@@ -23,19 +23,16 @@ from config.celery import celery_config
 from config.settings import Settings
 from worker import keys
 from worker.contract import canonical_json
-from worker.delivery.ledger import read
 from worker.delivery.pipeline import Finished, Pipeline, RetryLater
+from worker.errors import ArchiveBusy, ArchiveMismatch
+from worker.journal import archive as journal_archive
 from worker.journal import chain as audit
+from worker.journal import verify as journal_verify
+from worker.journal.archive import archive_audit
+from worker.journal.ledger import read
 from worker.journal.steps import Journal
+from worker.journal.verify import archived_head, verify_archive, verify_redis
 from worker.ops import deadletters, retention
-from worker.ops.retention import (
-    ArchiveBusy,
-    ArchiveMismatch,
-    archive_audit,
-    archived_head,
-    verify_archive,
-    verify_redis,
-)
 from worker.providers.idpass import IdPassAdapter
 
 #: 2024-11-24 00:00:00 UTC in ms: records just before it go to the 23rd's file.
@@ -158,7 +155,8 @@ def test_a_run_interrupted_after_the_fsync_leaves_copies_that_verification_skips
     now = seconds(MIDNIGHT + 60_000)
     # Given a run that dies after writing its first page of 4, before recording and trimming
     archive_audit(fake_redis, archive_dir, 0, now, page=4, max_records=4)
-    monkeypatch.setattr(retention, "_COMMIT", "return redis.error_reply('crashed')")
+    monkeypatch.setattr(journal_archive, "_commit_script", lambda client: client.register_script(
+        "return redis.error_reply('crashed')"))
     with pytest.raises(Exception, match="crashed"):
         archive_audit(fake_redis, archive_dir, 0, now, page=3)
     monkeypatch.undo()
@@ -329,18 +327,18 @@ def test_a_verification_racing_an_archive_run_walks_again(
         fake_redis: fakeredis.FakeRedis, archive_dir: Path, two_days: list[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     # Given an archive run that moves records just after verification read the head
-    real = retention.archived_head
+    real = journal_verify.archived_head
     calls = {"n": 0}
 
-    def head_then_archive(client: fakeredis.FakeRedis) -> retention.ArchivedHead | None:
+    def head_then_archive(client: fakeredis.FakeRedis) -> journal_verify.ArchivedHead | None:
         head = real(client)
         calls["n"] += 1
         if calls["n"] == 1:
-            monkeypatch.setattr(retention, "archived_head", real)
+            monkeypatch.setattr(journal_verify, "archived_head", real)
             archive_audit(client, archive_dir, 0, seconds(MIDNIGHT + 2_500))
         return head
 
-    monkeypatch.setattr(retention, "archived_head", head_then_archive)
+    monkeypatch.setattr(journal_verify, "archived_head", head_then_archive)
     # Then verification still passes (it walks again from the new head)
     report = verify_redis(fake_redis)
     assert report.broken is None and report.count == 3

@@ -13,9 +13,9 @@ import structlog.testing
 from config.settings import Settings
 from worker import keys
 from worker.contract import CancelRequest
+from worker.errors import InvalidSession
 from worker.triggers.sweep import humanize, plan_sweep, run_sweep, share, thresholds
 from worker.triggers.tracking import (
-    InvalidSession,
     TrackedSession,
     get_session,
     record,

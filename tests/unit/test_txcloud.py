@@ -12,9 +12,10 @@ import pytest
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import RuleViolation, check
+from worker.errors import RuleViolation
 from worker.providers import errors
 from worker.providers.base import ProviderAnswer
+from worker.providers.rules import check
 from worker.providers.txcloud import RULES, TxCloudAdapter
 
 REF = "ver_a1b2c3d4e5f6"

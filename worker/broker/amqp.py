@@ -29,15 +29,10 @@ from kombu import Connection
 
 from config.broker import QUEUE_NAME, amqp_queues
 from worker.broker import wire
+from worker.errors import PublishNotConfirmed
 
 #: How long one batch may wait for its confirms before the publish is called failed.
 CONFIRM_TIMEOUT_SECONDS = 30.0
-
-
-class PublishNotConfirmed(ConnectionError):
-    """The broker did not confirm every message of a batch (nack, or no answer in time).
-
-    Some of the batch may be on the queue: sending it again is safe."""
 
 
 class AmqpPublisher:

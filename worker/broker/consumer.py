@@ -21,6 +21,7 @@ from vine import promise
 from config.broker import DEAD_LETTER_EXCHANGE
 from worker.broker.redis_transport import unreadable_reason
 from worker.contract import TASK_NAME
+from worker.delivery.runtime import pipeline
 from worker.logs import get_logger
 
 logger = celery_logger(__name__)
@@ -39,8 +40,6 @@ def _message_id(message: Any) -> str:
 
 def record_unreadable(message: Any, code: str, text: str) -> None:
     """Reject an unusable message for the record; never raises into Celery's loop."""
-    from worker.delivery.runtime import pipeline
-
     task_id = _message_id(message)
     body = getattr(message, "body", b"")
     try:
@@ -65,8 +64,6 @@ def _deliveries(message: Any) -> str:
 
 def record_dead(message: Any) -> None:
     """Answer a message RabbitMQ dead-lettered to ``idvcancel.dead``; never raises."""
-    from worker.delivery.runtime import pipeline
-
     task_id = _message_id(message)
     why = (f"the broker gave this message up ({_deliveries(message)}): each delivery ended"
            " without an answer, as when a worker dies on it; it was not carried out")

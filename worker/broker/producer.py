@@ -16,7 +16,6 @@ import contextlib
 import json
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from importlib import resources
 from typing import Any
 
 import redis
@@ -26,31 +25,19 @@ from pydantic import ValidationError
 from config.broker import DEFAULT_DELIVERY_LIMIT, is_amqp
 from config.celery import rabbitmq_options
 from config.settings import Settings
-from worker import keys
+from worker import keys, scripts
 from worker.broker import wire
 from worker.broker.amqp import AmqpPublisher
 from worker.broker.signing import configure_signing
 from worker.contract import QUEUE, TASK_NAME, CancelRequest
 from worker.delivery.intake import describe
+from worker.errors import InvalidRequest
 
 #: Messages sent in one Redis command (one ``lua/push.lua`` call: a multi-value LPUSH
 #: and the intake index entries) by ``submit_many``.
 BATCH_SIZE = 500
 
-_PUSH_LUA = resources.files("worker").joinpath("lua/push.lua").read_text()
 _PUSH_KEYS = (QUEUE, keys.INTAKE, keys.INTAKE_REQUESTS)
-
-
-class InvalidRequest(ValueError):
-    """A request that does not satisfy the contract; ``index`` is its place in a batch,
-    ``fields`` the names of the fields at fault (empty when the whole value is wrong)."""
-
-    def __init__(self, message: str, index: int | None = None,
-                 fields: tuple[str, ...] = ()) -> None:
-        super().__init__(message if index is None else f"request #{index}: {message}")
-        self.index = index
-        self.reason = message
-        self.fields = fields
 
 
 def validate(request: CancelRequest | Mapping[str, Any], index: int | None = None
@@ -147,7 +134,7 @@ class Producer:
         #: Signed messages must go through Celery's auth serializer.
         self.signed = settings is not None and configure_signing(self.app, settings)
         self.redis = client if client is not None else redis.Redis.from_url(redis_url)
-        self._push_script = self.redis.register_script(_PUSH_LUA)
+        self._push_script = scripts.script(self.redis, "push")
         self.clock = clock
 
     def submit(self, request: CancelRequest | Mapping[str, Any]) -> str:
@@ -230,7 +217,8 @@ class Producer:
             # EVAL, not EVALSHA: a Redis restarted mid-run has no script cache to miss,
             # and the script's text is nothing beside 500 messages.
             conn.send_command(  # type: ignore[no-untyped-call]
-                "EVAL", _PUSH_LUA, len(_PUSH_KEYS), *_PUSH_KEYS, *self._push_args(first))
+                "EVAL", scripts.source("push"), len(_PUSH_KEYS), *_PUSH_KEYS,
+                *self._push_args(first))
             sent = len(first)
             for chunk in chunks:
                 args = self._push_args(chunk)
@@ -238,7 +226,7 @@ class Producer:
                 if on_sent is not None:
                     on_sent(sent)
                 conn.send_command(  # type: ignore[no-untyped-call]
-                    "EVAL", _PUSH_LUA, len(_PUSH_KEYS), *_PUSH_KEYS, *args)
+                    "EVAL", scripts.source("push"), len(_PUSH_KEYS), *_PUSH_KEYS, *args)
                 sent = len(chunk)
             conn.read_response()
             if on_sent is not None:

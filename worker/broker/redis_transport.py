@@ -198,20 +198,40 @@ def read_envelope(raw: bytes | str) -> dict[str, Any]:
     return payload
 
 
+def _readable_task_id(data: bytes) -> str | None:
+    try:
+        payload = json.loads(data)
+        task_id = payload["headers"]["id"]
+    except (ValueError, TypeError, KeyError, RecursionError):
+        return None
+    if not isinstance(task_id, str) or not 0 < len(task_id) <= 200:
+        return None
+    try:
+        task_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return task_id
+
+
 def wrap(raw: bytes | str, reason: str, queue: str) -> dict[str, Any]:
     """A well-formed envelope that carries ``raw`` (base64) to the consumer as unreadable.
 
     A fresh delivery tag (the item's own, if any, cannot be trusted); exchange ``""``
     with the queue as routing key, so a restore after a crash puts it back where it
-    was popped from. No task id: the consumer names it by the digest of the raw bytes,
-    which a redelivery keeps.
+    was popped from. The producer's task id when one can still be read (a readable JSON
+    object whose ``headers.id`` is a short, valid string: a request with a lone surrogate
+    is then rejected under the id its producer knows); else none, and the consumer names
+    it by the digest of the raw bytes, which a redelivery keeps.
     """
     data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+    headers: dict[str, Any] = {UNREADABLE_HEADER: reason}
+    if (task_id := _readable_task_id(data)) is not None:
+        headers["id"] = task_id
     return {
         "body": base64.b64encode(data).decode("ascii"),
         "content-type": UNREADABLE_CONTENT_TYPE,
         "content-encoding": "binary",
-        "headers": {UNREADABLE_HEADER: reason},
+        "headers": headers,
         "properties": {
             "body_encoding": "base64",
             "delivery_tag": str(uuid.uuid4()),

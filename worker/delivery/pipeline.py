@@ -1,6 +1,6 @@
 """One delivery of ``idvcancel.process``, from parsed message to final step.
 
-``Pipeline.handle`` reads the ledger (``worker.delivery.ledger``), decides what this delivery
+``Pipeline.handle`` reads the ledger (``worker.journal.ledger``), decides what this delivery
 may do, calls the provider at most once, and writes each step through the journal.
 It returns ``Finished`` or ``RetryLater``; the Celery task turns the latter into a
 countdown. Jobs may run more than once: this is where that stops mattering.
@@ -20,12 +20,13 @@ from typing import Any
 from config.settings import Settings
 from worker import keys
 from worker.contract import Outcome
-from worker.delivery import intake, ledger, records
+from worker.delivery import intake, records
 from worker.delivery.intake import Message
-from worker.delivery.ledger import CALLING, DONE, WAITING, LedgerState
 from worker.delivery.retry import RetryPolicy
-from worker.delivery.rules import ActionRule, RuleViolation, check
+from worker.errors import RuleViolation
 from worker.gate.guard import Hold, ProviderGuard
+from worker.journal import ledger
+from worker.journal.ledger import CALLING, DONE, WAITING, LedgerState
 from worker.journal.steps import DeadLetter, Journal, Moved
 from worker.logs import get_logger
 from worker.metrics import ATTEMPTS, DUPLICATES, LATENCY, REQUESTS, RETRIES
@@ -36,6 +37,7 @@ from worker.providers.errors import (
     ProviderError,
     TransientError,
 )
+from worker.providers.rules import ActionRule, check
 
 #: Outcomes a person must act on: their requests are also kept as dead letters.
 DEAD_LETTERED = frozenset({Outcome.FAILED, Outcome.UNAUTHORIZED})

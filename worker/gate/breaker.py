@@ -10,11 +10,10 @@ requests flow on. State lives in ``idvcancel:breaker:<provider>`` (``lua/breaker
 from __future__ import annotations
 
 from dataclasses import dataclass
-from importlib import resources
 
 import redis
 
-_LUA = resources.files("worker").joinpath("lua/breaker.lua").read_text()
+from worker import scripts
 
 STATES = ("closed", "open", "half_open")
 
@@ -40,7 +39,7 @@ class CircuitBreaker:
 
     def __init__(self, client: redis.Redis, *, threshold: int, open_seconds: float,
                  probe_seconds: float) -> None:
-        self._script = client.register_script(_LUA)
+        self._script = scripts.script(client, "breaker")
         self._args = [str(threshold), str(int(open_seconds * 1000)),
                       str(int(probe_seconds * 1000))]
 

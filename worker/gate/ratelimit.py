@@ -8,11 +8,10 @@ and answers how long to wait when there is none.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from importlib import resources
 
 import redis
 
-_LUA = resources.files("worker").joinpath("lua/ratelimit.lua").read_text()
+from worker import scripts
 
 
 def key(provider: str) -> str:
@@ -33,7 +32,7 @@ class RateLimiter:
 
     def __init__(self, client: redis.Redis, rates: Mapping[str, float],
                  burst_seconds: float = 1.0) -> None:
-        self._script = client.register_script(_LUA)
+        self._script = scripts.script(client, "ratelimit")
         self.rates = {p: r for p, r in rates.items() if r > 0}
         self.burst_seconds = burst_seconds
 

@@ -15,17 +15,15 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import redis
 
-from worker import keys
+from worker import keys, scripts
 from worker.contract import canonical_json
-from worker.delivery.ledger import DONE
 from worker.journal import chain as audit
+from worker.journal.ledger import DONE
 
-_LUA = resources.files("worker").joinpath("lua/transition.lua").read_text()
 #: Most steps sent in one script call (bounds how long Redis is busy with one call).
 MAX_BATCH = 256
 _FIXED_KEYS = [keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX,
@@ -73,7 +71,7 @@ class Journal:
         self, client: redis.Redis, *, ledger_ttl: int = 0, results_maxlen: int = 0
     ) -> None:
         self.client = client
-        self._script = client.register_script(_LUA)
+        self._script = scripts.script(client, "transition")
         self._flush = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Step] = []

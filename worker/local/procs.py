@@ -22,6 +22,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
+from worker.errors import WorkerStartError
+
 __all__ = ["REPO_ROOT", "WorkerProcess", "WorkerStartError"]
 
 # worker/local/procs.py -> the directory holding pyproject.toml
@@ -31,10 +33,6 @@ _LOG_TAIL_CHARS = 4000
 # Celery logs "<nodename> ready." at INFO once the consumer is up.
 _READY_RE = re.compile(r"^.*@\S* ready\.\s*$", re.MULTILINE)
 _QUIET_LEVELS = frozenset({"WARNING", "WARN", "ERROR", "CRITICAL", "FATAL"})
-
-
-class WorkerStartError(RuntimeError):
-    """A worker exited, or did not become ready in time; the message holds its log tail."""
 
 
 class WorkerProcess:

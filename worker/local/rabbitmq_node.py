@@ -56,6 +56,8 @@ from urllib.parse import quote
 
 import amqp
 
+from worker.errors import RabbitNodeError
+
 __all__ = ["RabbitNode", "RabbitNodeError", "find_rabbitmq_server"]
 
 LOOPBACK = "127.0.0.1"
@@ -93,10 +95,6 @@ _BASE_CONFIG: dict[str, str] = {
     # unacknowledged, and the broker closes the channel of a consumer that overstays this.
     "consumer_timeout": "1800000",
 }
-
-
-class RabbitNodeError(RuntimeError):
-    """The private RabbitMQ node could not be found, started, stopped or controlled."""
 
 
 class _PortTakenError(RabbitNodeError):

@@ -31,6 +31,8 @@ from typing import Self
 
 import redis
 
+from worker.errors import RedisServerError
+
 __all__ = [
     "DEFAULT_REDIS_URL",
     "RedisServer",
@@ -47,10 +49,6 @@ STOP_TIMEOUT_S = 10.0
 # How many fresh ports to try when a port we picked ourselves was taken meanwhile.
 _PORT_ATTEMPTS = 3
 _LOG_TAIL_CHARS = 2000
-
-
-class RedisServerError(RuntimeError):
-    """The embedded Redis server could not be found, started or stopped."""
 
 
 class _ExitedEarlyError(RedisServerError):

@@ -188,7 +188,8 @@ def _request_from_flags(flags: dict[str, Any], options: tuple[str, ...]) -> dict
 
 
 def _submit_file(producer: Producer, file: IO[str]) -> None:
-    from worker.broker.producer import InvalidRequest, load_jsonl
+    from worker.broker.producer import load_jsonl
+    from worker.errors import InvalidRequest
 
     try:
         requests = load_jsonl(file)
@@ -224,7 +225,7 @@ def submit(file: IO[str] | None, options: tuple[str, ...], **flags: Any) -> None
           --reference fe4291ca-d831-4760-96df-c9cb03b3cd95 --requested-by ops
       idvcancel submit --file requests.jsonl
     """
-    from worker.broker.producer import InvalidRequest
+    from worker.errors import InvalidRequest
 
     if file is not None and (options or any(v is not None for v in flags.values())):
         raise click.UsageError("give either --file or the request's flags, not both")
@@ -318,7 +319,8 @@ def dlq_replay(request_id: str | None, replay_every: bool) -> None:
     is written, the request is enqueued and the entry removed. The request then gets a
     NEW result event. Unreadable messages (ids task:<id>) cannot be replayed.
     """
-    from worker.ops.deadletters import DeadLetterError, replay, replay_all
+    from worker.errors import DeadLetterError
+    from worker.ops.deadletters import replay, replay_all
 
     if replay_every == (request_id is not None):
         raise click.UsageError("give one REQUEST_ID or --all")
@@ -401,7 +403,8 @@ def audit_verify(archive: str | None) -> None:
     Without --archive, the chain held in Redis is walked from the last archived record
     (idvcancel:audit:archived) on. A break in an archive file is named FILE:LINE.
     """
-    from worker.ops.retention import ArchiveError, verify_archive, verify_redis
+    from worker.errors import ArchiveError
+    from worker.journal.verify import verify_archive, verify_redis
 
     client = _client()
     directory = None if archive is None else _archive_dir(archive)
@@ -442,7 +445,8 @@ def audit_archive(older_than: float | None, directory: str | None) -> None:
     (archiving stops before it).
     """
     from config.settings import get_settings
-    from worker.ops.retention import ArchiveError, archive_audit
+    from worker.errors import ArchiveError
+    from worker.journal.archive import archive_audit
 
     seconds = get_settings().audit_retention_seconds if older_than is None else older_than
     try:

@@ -46,9 +46,10 @@ from typing import Any, Literal, Protocol
 
 import redis
 
-from worker import keys
+from worker import keys, scripts
 from worker.contract import CancelRequest, Outcome, utc_now_iso
-from worker.delivery.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.errors import EntryNotFound, NotReplayable
+from worker.journal.ledger import CALLING, DONE, WAITING, LedgerState
 from worker.journal.steps import Journal, Moved
 
 #: The audit step written when a dead-lettered request is sent again.
@@ -56,40 +57,12 @@ REPLAYED = "replayed"
 #: Outcomes that leave a dead letter (the pipeline's ``DEAD_LETTERED``).
 REPLAYABLE_OUTCOMES = frozenset({Outcome.FAILED.value, Outcome.UNAUTHORIZED.value})
 
-# Delete the entry only if it is still the one the replay read (compare-and-delete).
-_DELETE_IF_SAME = """
-if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  return 1
-end
-return 0
-"""
 
 
 class Submitter(Protocol):
     """What a replay needs from ``worker.broker.producer.Producer``."""
 
     def submit(self, request: CancelRequest | Mapping[str, Any]) -> str: ...
-
-
-class DeadLetterError(Exception):
-    """A replay that cannot be done; ``exit_code`` is what the CLI exits with."""
-
-    exit_code = 1
-
-
-class EntryNotFound(DeadLetterError):
-    """No dead letter has this id."""
-
-    def __init__(self, entry_id: str) -> None:
-        super().__init__(f"no dead letter with id {entry_id!r}")
-
-
-class NotReplayable(DeadLetterError):
-    """The entry carries no request (an unreadable message) or its ledger is busy."""
-
-    exit_code = 2
 
 
 @dataclass(frozen=True)
@@ -228,7 +201,7 @@ def replay(client: redis.Redis, producer: Submitter, entry_id: str) -> ReplayRes
     action, reset, replays = _reset_ledger(client, request)
     if action == "send":
         producer.submit(request)
-    client.register_script(_DELETE_IF_SAME)(keys=[keys.DLQ, keys.DLQ_INDEX],
+    scripts.script(client, "dlq_delete_if_same")(keys=[keys.DLQ, keys.DLQ_INDEX],
                                             args=[entry_id, raw])
     if action == "already_done":
         return ReplayResult(entry_id, "already_done", replays=replays,

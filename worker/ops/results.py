@@ -23,7 +23,7 @@ import redis
 
 from worker import keys
 from worker.contract import RESULTS_FIELD
-from worker.delivery.ledger import LedgerState
+from worker.journal.ledger import LedgerState
 from worker.journal.verify import iter_records
 from worker.ops import deadletters
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import functools
 import importlib
-from typing import Any
 
 import redis
-from celery.signals import worker_ready
 
 from config.settings import get_settings
+from worker import keys
 from worker.logs import get_logger
 from worker.metrics import serve
 from worker.providers import adapter_class, supported_providers
@@ -49,13 +48,13 @@ def _healthy() -> tuple[bool, str]:
 
 
 def _dead_letter_depth() -> int:
-    from worker import keys
 
     return int(_probe_client().hlen(keys.DLQ))
 
 
-@worker_ready.connect
-def _on_start(**_: Any) -> None:
+def on_ready() -> None:
+    """Once the worker is ready (``worker.app`` calls it on Celery's ``worker_ready``):
+    say what is misconfigured, and serve ``/metrics`` and ``/healthz`` when asked."""
     log = get_logger()
     for warning in configuration_warnings():
         log.warning("configuration", problem=warning)

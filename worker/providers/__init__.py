@@ -11,8 +11,8 @@ import importlib
 import threading
 
 from config.settings import Settings
-from worker.delivery.rules import ProviderRules
 from worker.providers.base import ProviderAdapter
+from worker.providers.rules import ProviderRules
 
 #: provider name → "module:class"
 _ADAPTERS: dict[str, str] = {

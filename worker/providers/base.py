@@ -23,7 +23,7 @@ from pydantic import BaseModel, SecretStr, ValidationError
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import ActionRule, ProviderRules, RuleViolation
+from worker.errors import RuleViolation
 from worker.providers.errors import (
     AnswerLost,
     NotFound,
@@ -35,6 +35,7 @@ from worker.providers.errors import (
     RateLimited,
     Unauthorized,
 )
+from worker.providers.rules import ActionRule, ProviderRules
 from worker.providers.transport import PooledTransport
 
 OptionsT = TypeVar("OptionsT", bound=BaseModel)
@@ -169,7 +170,7 @@ class ProviderAdapter(abc.ABC):
     def validate(self, request: CancelRequest) -> None:
         """Check provider-specific ``options`` before anything is claimed or called.
 
-        Raise ``worker.delivery.rules.RuleViolation`` to end the request ``rejected`` (no call).
+        Raise ``worker.providers.rules.RuleViolation`` to end the request ``rejected`` (no call).
         """
         return  # most providers take no options
 

@@ -29,6 +29,8 @@ import time
 from collections.abc import Callable, Hashable, Mapping
 from typing import Generic, NoReturn, TypeVar
 
+from worker.errors import IdvCancelError
+
 G = TypeVar("G", bound=Hashable)  # the group: what one flush call carries for all items
 K = TypeVar("K", bound=Hashable)  # an item (its key in the flush's answer)
 R = TypeVar("R")  # one item's result
@@ -37,7 +39,7 @@ R = TypeVar("R")  # one item's result
 Flush = Callable[[G, list[K]], Mapping[K, R | Exception]]
 
 
-class BatchError(RuntimeError):
+class BatchError(IdvCancelError, RuntimeError):
     """The batch gave no result for this item (the leader failed, or left it out)."""
 
 

@@ -41,7 +41,6 @@ from datetime import timedelta
 from typing import Any, NoReturn
 
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import ActionRule, ProviderRules
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
@@ -51,6 +50,7 @@ from worker.providers.base import (
     short,
 )
 from worker.providers.errors import NotCancellable, ProviderRejected
+from worker.providers.rules import ActionRule, ProviderRules
 
 MIN_REASON = 5
 

@@ -12,9 +12,9 @@ import re
 from datetime import timedelta
 
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import ActionRule, ProviderRules
 from worker.providers.base import ProviderAdapter, ProviderAnswer, join_url, json_body, short
 from worker.providers.errors import NotCancellable
+from worker.providers.rules import ActionRule, ProviderRules
 
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 

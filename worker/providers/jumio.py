@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import ActionRule, ProviderRules, RuleViolation
+from worker.errors import RuleViolation
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
@@ -52,6 +52,7 @@ from worker.providers.base import (
     validate_options,
 )
 from worker.providers.errors import ProviderRejected
+from worker.providers.rules import ActionRule, ProviderRules
 
 USER_AGENT_SETTING = "IDVCANCEL_JUMIO_USER_AGENT"
 #: User-Agents Jumio treats as suspicious (answered 403): library defaults, not a business.
@@ -107,7 +108,7 @@ def parse_options(request: CancelRequest) -> JumioOptions:
         >>> parse_options(req)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        worker.delivery.rules.RuleViolation: invalid Jumio options: options.region: ...
+        worker.providers.rules.RuleViolation: invalid Jumio options: options.region: ...
     """
     return validate_options(JumioOptions, request.options, "Jumio")
 

@@ -55,7 +55,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import ActionRule, ProviderRules, RuleViolation
+from worker.errors import RuleViolation
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
@@ -72,6 +72,7 @@ from worker.providers.errors import (
     ProviderRejected,
     TransientError,
 )
+from worker.providers.rules import ActionRule, ProviderRules
 
 TENANT_SETTING = "IDVCANCEL_ONESPAN_TENANT"
 

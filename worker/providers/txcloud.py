@@ -49,7 +49,6 @@ from typing import Any
 import httpx
 
 from worker.contract import CancelRequest, Outcome
-from worker.delivery.rules import ActionRule, ProviderRules
 from worker.providers.base import (
     ProviderAdapter,
     ProviderAnswer,
@@ -60,6 +59,7 @@ from worker.providers.base import (
     short,
 )
 from worker.providers.errors import NotCancellable, ProviderRejected, RateLimited
+from worker.providers.rules import ActionRule, ProviderRules
 
 #: Every status either version of the docs names (API reference + concepts page).
 STATUSES = frozenset({

@@ -42,22 +42,21 @@ import json
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Protocol
 
 import redis
 
 from config.settings import Settings
-from worker import keys
+from worker import keys, scripts
 from worker.broker import wire
-from worker.broker.producer import InvalidRequest, validate
+from worker.broker.producer import validate
 from worker.contract import QUEUE, CancelRequest
 from worker.delivery import records
+from worker.errors import InvalidRequest
 from worker.journal.steps import Journal
 from worker.logs import get_logger
 from worker.metrics import RESUBMITTED
-
-_RECONCILE_LUA = resources.files("worker").joinpath("lua/reconcile.lua").read_text()
+from worker.triggers.tracking import shared_sender
 
 #: Entries one claim script looks at (and one push sends): keeps each script short.
 CLAIM_CHUNK = 1000
@@ -139,7 +138,7 @@ def queue_bound(client: redis.Redis) -> float | None:
 def _claim(client: redis.Redis, cut: float, now: float, limit: int
            ) -> tuple[list[_Claim], int, int]:
     """Claim up to ``limit`` due entries (``lua/reconcile.lua``): (claims, forgotten, left)."""
-    script = client.register_script(_RECONCILE_LUA)
+    script = scripts.script(client, "reconcile")
     reply = json.loads(str(script(keys=[keys.INTAKE, keys.INTAKE_REQUESTS],
                                   args=[f"{cut:.3f}", f"{now:.3f}", str(limit),
                                         keys.REQUEST_LEDGER_PREFIX])))
@@ -178,8 +177,6 @@ def run_reconcile(client: redis.Redis, settings: Settings, now: float | None = N
         >>> run_reconcile(client, settings).summary()               # doctest: +SKIP
         {'ok': True, 'resubmitted': 1, 'by_phase': {'none': 1}, ...}
     """
-    from worker.triggers.tracking import shared_sender  # the producer, only when needed
-
     at = _epoch(now)
     bound = queue_bound(client)
     cut = at - settings.reconcile_age_seconds

@@ -31,14 +31,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Any
 
 import redis
 from pydantic import ValidationError
 
 from config.settings import Settings
-from worker import keys
+from worker import keys, scripts
 from worker.contract import CancelRequest
 from worker.logs import get_logger
 from worker.providers import supported_providers
@@ -53,8 +52,6 @@ from worker.triggers.tracking import (
     supersede_request,
     text,
 )
-
-_SWEEP_LUA = resources.files("worker").joinpath("lua/sweep.lua").read_text()
 
 #: ``requested_by`` of the sweep's cancels.
 SWEEP_REQUESTER = "idvcancel-sweep"
@@ -272,7 +269,7 @@ def plan_sweep(client: redis.Redis, settings: Settings,
 def _claim(client: redis.Redis, window: _Window, now: float, limit: int
            ) -> list[tuple[SessionRecord, bool]]:
     """Claim up to ``limit`` sessions (``lua/sweep.lua``); each with "was it stale"."""
-    script = client.register_script(_SWEEP_LUA)
+    script = scripts.script(client, "sweep")
     reply = script(
         keys=[keys.track_active(window.provider), keys.track_claimed(window.provider),
               keys.track_apps(window.provider)],

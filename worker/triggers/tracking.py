@@ -39,7 +39,6 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Annotated, Any, Literal, Protocol, cast
 
 import redis
@@ -55,7 +54,8 @@ from pydantic import (
 )
 
 from config.settings import Settings, get_settings
-from worker import keys
+from worker import keys, scripts
+from worker.broker.producer import Producer
 from worker.contract import (
     MAX_REQUEST_ID_LENGTH,
     ActionName,
@@ -65,21 +65,17 @@ from worker.contract import (
     canonical_json,
 )
 from worker.delivery.intake import describe
-from worker.delivery.rules import ProviderRules
+from worker.delivery.runtime import redis_client
+from worker.errors import InvalidSession
 from worker.logs import get_logger
 from worker.providers import rules_for
-
-_TRACK_LUA = resources.files("worker").joinpath("lua/track.lua").read_text()
+from worker.providers.rules import ProviderRules
 
 #: ``requested_by`` of the cancels that supersede a re-issued session.
 SUPERSEDE_REQUESTER = "idvcancel-supersede"
 
 Verdict = Literal["active", "dropped", "ignored"]
 State = Literal["active", "claimed", "closed"]
-
-
-class InvalidSession(ValueError):
-    """A session report that cannot be tracked; the message says why (never echoing data)."""
 
 
 class Sender(Protocol):
@@ -316,7 +312,7 @@ def record(client: redis.Redis, session: TrackedSession, *, retention_seconds: i
     actionable = rules.is_in_flight(session.status)
     activity = min(session.last_activity.timestamp(), at)
     provider = session.provider
-    script = client.register_script(_TRACK_LUA)
+    script = scripts.script(client, "track")
     reply = script(
         keys=[keys.track_session(provider, session.reference), keys.track_active(provider),
               keys.track_claimed(provider), keys.track_apps(provider)],
@@ -362,16 +358,6 @@ def supersede_request(prior: SessionRecord) -> CancelRequest:
     )
 
 
-#: KEYS[1] claimed zset; ARGV: session hash prefix, now, retention, references...
-_RELEASE_LUA = """
-redis.call('ZREM', KEYS[1], unpack(ARGV, 4))
-for i = 4, #ARGV do
-  local key = ARGV[1] .. ARGV[i]
-  redis.call('HSET', key, 'state', 'closed', 'closed_at', ARGV[2])
-  redis.call('EXPIRE', key, ARGV[3])
-end
-return #ARGV - 3
-"""
 
 
 def release(client: redis.Redis, provider: str, references: Iterable[str], *,
@@ -381,7 +367,7 @@ def release(client: redis.Redis, provider: str, references: Iterable[str], *,
     if not refs:
         return
     at = time.time() if now is None else now
-    client.register_script(_RELEASE_LUA)(
+    scripts.script(client, "track_release")(
         keys=[keys.track_claimed(provider)],
         args=[keys.track_session_prefix(provider), f"{at:.3f}", str(retention_seconds), *refs])
 
@@ -435,10 +421,6 @@ _senders: dict[str, Sender] = {}
 
 def shared_client(settings: Settings) -> redis.Redis:
     """This process's Redis client for ``settings.redis_url``."""
-    from worker.delivery.runtime import (
-        redis_client,  # the pipeline's import chain, only when needed
-    )
-
     with _lock:
         client = _clients.get(settings.redis_url)
         if client is None:
@@ -449,8 +431,6 @@ def shared_client(settings: Settings) -> redis.Redis:
 def shared_sender(settings: Settings) -> Sender:
     """This process's producer for ``settings.redis_url`` (one broker connection pool),
     signing its messages when the workers expect signed ones."""
-    from worker.broker.producer import Producer
-
     with _lock:
         sender = _senders.get(settings.redis_url)
         if sender is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from worker.contract import ActionName, CancelRequest, Outcome
+from worker.errors import RuleViolation
 
 
 @dataclass(frozen=True)
@@ -75,15 +76,6 @@ class ProviderRules:
         return rule is not None and status in rule.allowed_from
 
 
-class RuleViolation(Exception):
-    """The request breaks a provider rule: it ends ``rejected`` and no call is made."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 def check(request: CancelRequest, rules: ProviderRules) -> ActionRule:
     """Return the rule for the request's action, or raise ``RuleViolation``.
 
@@ -94,7 +86,7 @@ def check(request: CancelRequest, rules: ProviderRules) -> ActionRule:
         >>> check(req, RULES)
         Traceback (most recent call last):
         ...
-        worker.delivery.rules.RuleViolation: idpass has no API to delete a session; only: cancel
+        worker.providers.rules.RuleViolation: idpass has no API to delete a session; only: cancel
     """
     rule = rules.actions.get(request.action)
     if rule is None:

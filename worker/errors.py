@@ -1,0 +1,143 @@
+"""Our own errors: everything idv-cancel raises that is not a provider's answer.
+
+A provider's answers have their own tree (``worker.providers.errors``: what a call to a
+provider can end in, and which outcome each means). This one is for the rest — a request
+or a session refused before it was sent, a broker that did not take a message, an
+operator command that cannot be done, the audit archive, and the local machinery::
+
+    IdvCancelError
+    ├── InvalidInput (ValueError)          refused before anything was sent or stored
+    │   ├── InvalidRequest                 a request breaks the contract (producer side)
+    │   ├── InvalidSession                 a session report cannot be tracked
+    │   └── RuleViolation                  a request breaks a provider's rule
+    ├── BrokerError (ConnectionError)
+    │   └── PublishNotConfirmed            RabbitMQ did not confirm every message of a batch
+    ├── DeadLetterError                    a replay that cannot be done (``exit_code``)
+    │   ├── EntryNotFound
+    │   └── NotReplayable
+    ├── ArchiveError                       an audit archive run that must not go ahead
+    │   ├── ArchiveBusy
+    │   └── ArchiveMismatch
+    └── LocalError (RuntimeError)          worker.local: what a machine without
+        ├── RedisServerError               infrastructure starts for itself
+        ├── RabbitNodeError
+        └── WorkerStartError
+
+Each is importable from here and from the module that raises it. ``except IdvCancelError``
+catches ours and nothing else; every message is written for a person and never echoes a
+request's values (a reason may hold personal data).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchiveBusy", "ArchiveError", "ArchiveMismatch", "BrokerError", "DeadLetterError",
+    "EntryNotFound", "IdvCancelError", "InvalidInput", "InvalidRequest", "InvalidSession",
+    "LocalError", "NotReplayable", "PublishNotConfirmed", "RabbitNodeError",
+    "RedisServerError", "RuleViolation", "WorkerStartError",
+]
+
+
+class IdvCancelError(Exception):
+    """The root of our own errors (a provider's are ``worker.providers.errors``)."""
+
+
+# -- refused before anything was sent or stored ----------------------------------------
+
+
+class InvalidInput(IdvCancelError, ValueError):
+    """Input that breaks a rule; nothing was sent or stored."""
+
+
+class InvalidRequest(InvalidInput):
+    """A request that does not satisfy the contract; ``index`` is its place in a batch,
+    ``fields`` the names of the fields at fault (empty when the whole value is wrong)."""
+
+    def __init__(self, message: str, index: int | None = None,
+                 fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message if index is None else f"request #{index}: {message}")
+        self.index = index
+        self.reason = message
+        self.fields = fields
+
+
+class InvalidSession(InvalidInput):
+    """A session report that cannot be tracked; the message says why (never echoing data)."""
+
+
+class RuleViolation(InvalidInput):
+    """The request breaks a provider rule: it ends ``rejected`` and no call is made."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# -- the broker ------------------------------------------------------------------------
+
+
+class BrokerError(IdvCancelError, ConnectionError):
+    """The broker did not take what we sent."""
+
+
+class PublishNotConfirmed(BrokerError):
+    """The broker did not confirm every message of a batch (nack, or no answer in time).
+
+    Some of the batch may be on the queue: sending it again is safe."""
+
+
+# -- operator commands -----------------------------------------------------------------
+
+
+class DeadLetterError(IdvCancelError):
+    """A replay that cannot be done; ``exit_code`` is what the CLI exits with."""
+
+    exit_code = 1
+
+
+class EntryNotFound(DeadLetterError):
+    """No dead letter has this id."""
+
+    def __init__(self, entry_id: str) -> None:
+        super().__init__(f"no dead letter with id {entry_id!r}")
+
+
+class NotReplayable(DeadLetterError):
+    """The entry carries no request (an unreadable message) or its ledger is busy."""
+
+    exit_code = 2
+
+
+# -- the audit archive -----------------------------------------------------------------
+
+
+class ArchiveError(IdvCancelError):
+    """An archive run that could not (or must not) go ahead."""
+
+
+class ArchiveBusy(ArchiveError):
+    """Another archive run holds the lock (or took it over from this one)."""
+
+
+class ArchiveMismatch(ArchiveError):
+    """The archive directory does not hold the records Redis says were archived."""
+
+
+# -- worker.local ----------------------------------------------------------------------
+
+
+class LocalError(IdvCancelError, RuntimeError):
+    """What a machine without infrastructure starts for itself failed."""
+
+
+class RedisServerError(LocalError):
+    """The embedded Redis server could not be found, started or stopped."""
+
+
+class RabbitNodeError(LocalError):
+    """The private RabbitMQ node could not be found, started, stopped or controlled."""
+
+
+class WorkerStartError(LocalError):
+    """A worker exited, or did not become ready in time; the message holds its log tail."""
