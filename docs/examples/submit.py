@@ -15,8 +15,7 @@ import os
 import sys
 import uuid
 
-from worker.broker.producer import Producer
-from worker.errors import InvalidRequest
+from worker import InvalidRequest, Producer
 
 
 def cancel(reference: str) -> dict[str, str]:
