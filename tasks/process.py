@@ -10,6 +10,7 @@ import redis
 from celery import Task
 from celery.exceptions import Reject
 
+from worker import keys
 from worker.app import app
 from worker.contract import TASK_NAME
 from worker.delivery.pipeline import RetryLater
@@ -51,7 +52,7 @@ def _internal_failures(task_id: str) -> int:
     """How many deliveries of this message failed on a bug (best effort, in Redis)."""
     try:
         client = pipeline().journal.client
-        key = f"idvcancel:internal:{task_id}"
+        key = keys.internal_failures(task_id)
         count = int(client.incr(key))
         client.expire(key, 86400)
         return count

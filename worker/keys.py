@@ -17,12 +17,14 @@
 | ``idvcancel:track:apps:<p>`` | hash application id → ref | in-flight session per application |
 | ``idvcancel:intake`` | sorted set, score = pushed (s) | request ids pushed, not yet done |
 | ``idvcancel:intake:requests`` | hash request id → request JSON | what a resubmission sends |
+| ``idvcancel:breaker:<p>`` | hash (state, failures, open_until, probe_until) | circuit breaker |
+| ``idvcancel:ratelimit:<p>`` | string (theoretical arrival time, ms) | rate limiter (GCRA) |
+| ``idvcancel:internal:<task_id>`` | counter, expires in a day | deliveries that hit a bug of ours |
 
 The chain left in ``idvcancel:audit`` continues from ``idvcancel:audit:archived`` once
-older records were moved to the archive files (``worker.ops.retention``).
+older records were moved to the archive files (``worker.journal.archive``).
 ``<p>`` is a provider. The ``track:*`` keys belong to ``worker.triggers.tracking`` and
-``worker.triggers.sweep``
-(see ``lua/track.lua`` and ``lua/sweep.lua``).
+``worker.triggers.sweep`` (see ``lua/track.lua`` and ``lua/sweep.lua``).
 The ``intake`` keys are the intake index (``worker.triggers.reconcile``): written with every push by
 ``worker.broker.producer`` (``lua/push.lua``), a member leaves when its ledger is done
 (``lua/transition.lua``), and the reconciler resubmits what has waited too long
@@ -90,3 +92,21 @@ def track_session(provider: str, reference: str) -> str:
 
 def track_apps(provider: str) -> str:
     return f"idvcancel:track:apps:{provider}"
+
+
+# -- the gate and the task (worker.gate, tasks/process.py) ---------------------------------
+
+
+def breaker(provider: str) -> str:
+    """One provider's circuit breaker (hash: state, failures, open_until, probe_until)."""
+    return f"idvcancel:breaker:{provider}"
+
+
+def ratelimit(provider: str) -> str:
+    """One provider's rate limiter (string: the GCRA's theoretical arrival time)."""
+    return f"idvcancel:ratelimit:{provider}"
+
+
+def internal_failures(task_id: str) -> str:
+    """Deliveries of one message that hit a bug in our code (counter, expires in a day)."""
+    return f"idvcancel:internal:{task_id}"

@@ -104,7 +104,7 @@ def test_the_reconciler_pushes_signed_copies(stack: Stack, tmp_path: Path) -> No
         "from config.settings import Settings\n"
         "from worker.broker.producer import Producer\n"
         "from worker.triggers.reconcile import run_reconcile\n"
-        "from worker.delivery.runtime import redis_client\n"
+        "from worker.redis_client import redis_client\n"
         "s = Settings()\n"
         "print(run_reconcile(redis_client(s.redis_url), s,"
         " sender=Producer(s.redis_url, s)).resubmitted)\n"

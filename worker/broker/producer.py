@@ -32,6 +32,7 @@ from worker.broker.signing import configure_signing
 from worker.contract import QUEUE, TASK_NAME, CancelRequest
 from worker.delivery.intake import describe
 from worker.errors import InvalidRequest
+from worker.redis_client import redis_client
 
 #: Messages sent in one Redis command (one ``lua/push.lua`` call: a multi-value LPUSH
 #: and the intake index entries) by ``submit_many``.
@@ -133,7 +134,7 @@ class Producer:
             self.amqp = AmqpPublisher(self.broker_url, delivery_limit)
         #: Signed messages must go through Celery's auth serializer.
         self.signed = settings is not None and configure_signing(self.app, settings)
-        self.redis = client if client is not None else redis.Redis.from_url(redis_url)
+        self.redis = client if client is not None else redis_client(redis_url, decode=False)
         self._push_script = scripts.script(self.redis, "push")
         self.clock = clock
 

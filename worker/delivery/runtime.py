@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import threading
 
-import redis
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
-
 from config.settings import get_settings
 from worker.delivery.pipeline import Pipeline
 from worker.gate.guard import build_guard
 from worker.journal.steps import Journal
+from worker.redis_client import redis_client
 
 _lock = threading.Lock()
 _pipeline: Pipeline | None = None
 
-
-def redis_client(url: str) -> redis.Redis:
-    """A client that rides out short connection blips."""
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=15,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.1), retries=5),
-        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
-    )
 
 
 def pipeline() -> Pipeline:

@@ -13,13 +13,13 @@ from dataclasses import dataclass
 
 import redis
 
-from worker import scripts
+from worker import keys, scripts
 
 STATES = ("closed", "open", "half_open")
 
 
 def key(provider: str) -> str:
-    return f"idvcancel:breaker:{provider}"
+    return keys.breaker(provider)
 
 
 @dataclass(frozen=True)

@@ -11,11 +11,11 @@ from collections.abc import Mapping
 
 import redis
 
-from worker import scripts
+from worker import keys, scripts
 
 
 def key(provider: str) -> str:
-    return f"idvcancel:ratelimit:{provider}"
+    return keys.ratelimit(provider)
 
 
 class RateLimiter:

@@ -107,7 +107,7 @@ def _redis_url() -> str:
 
 
 def _client() -> redis.Redis:
-    from worker.delivery.runtime import redis_client
+    from worker.redis_client import redis_client
 
     return redis_client(_redis_url())
 

@@ -13,6 +13,7 @@ from worker import keys
 from worker.logs import get_logger
 from worker.metrics import serve
 from worker.providers import adapter_class, supported_providers
+from worker.redis_client import probe_client
 
 
 def configuration_warnings() -> list[str]:
@@ -34,8 +35,7 @@ def configuration_warnings() -> list[str]:
 def _probe_client() -> redis.Redis:
     """One client for health probes: no retries and a 1 s timeout, so that a probe
     answers "unhealthy" quickly instead of hanging while Redis is away."""
-    return redis.Redis.from_url(get_settings().redis_url, socket_timeout=1,
-                                socket_connect_timeout=1)
+    return probe_client(get_settings().redis_url)
 
 
 def _healthy() -> tuple[bool, str]:

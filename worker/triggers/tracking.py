@@ -65,11 +65,11 @@ from worker.contract import (
     canonical_json,
 )
 from worker.delivery.intake import describe
-from worker.delivery.runtime import redis_client
 from worker.errors import InvalidSession
 from worker.logs import get_logger
 from worker.providers import rules_for
 from worker.providers.rules import ProviderRules
+from worker.redis_client import redis_client
 
 #: ``requested_by`` of the cancels that supersede a re-issued session.
 SUPERSEDE_REQUESTER = "idvcancel-supersede"
