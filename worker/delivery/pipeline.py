@@ -8,7 +8,6 @@ countdown. Jobs may run more than once: this is where that stops mattering.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -19,7 +18,7 @@ from typing import Any
 
 from config.settings import Settings
 from worker import keys
-from worker.contract import Outcome
+from worker.contract import Outcome, message_digest
 from worker.delivery import intake, ledger, records
 from worker.delivery.intake import Message
 from worker.delivery.ledger import CALLING, DONE, WAITING, LedgerState
@@ -88,9 +87,8 @@ class Pipeline:
 
     def reject_unreadable(self, task_id: str, code: str, text: str, raw: Any) -> Step:
         """Answer a message Celery could not turn into a task call (see worker.broker.consumer)."""
-        digest = hashlib.sha256(repr(raw).encode("utf-8", "replace")).hexdigest()
-        message = Message(keys.message_ledger(task_id), digest, None, None, (code, text), {},
-                          task_id)
+        message = Message(keys.message_ledger(task_id), message_digest(repr(raw)), None, None,
+                          (code, text), {}, task_id)
         return self._run(message, raw=(raw,))
 
     def reject_dead(self, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str,
