@@ -14,6 +14,7 @@ import pytest
 
 from worker.contract import CancelRequest, canonical_json, message_digest
 from worker.delivery import intake
+from worker.delivery.records import AuditStep
 
 REQUEST = {"request_id": "r-1", "provider": "idpass", "action": "cancel",
            "reference": "fe4291ca-d831-4760-96df-c9cb03b3cd95", "requested_by": "tests"}
@@ -60,3 +61,13 @@ def test_request_fingerprint_is_the_digest_of_its_canonical_json() -> None:
     assert request.fingerprint() == hashlib.sha256(
         json.dumps(request.model_dump(), sort_keys=True, separators=(",", ":"),
                    ensure_ascii=False).encode()).hexdigest()
+
+
+# -- the audit step names -----------------------------------------------------------
+
+
+def test_audit_step_names_are_the_ones_readers_match_on() -> None:
+    assert [s.value for s in AuditStep] == [
+        "received", "rejected", "attempt", "retry_scheduled", "recovery", "completed",
+        "dead_lettered", "duplicate", "replayed", "resubmitted"]
+    assert json.dumps({"step": AuditStep.RETRY_SCHEDULED}) == '{"step": "retry_scheduled"}'

@@ -22,6 +22,7 @@ from worker.contract import Outcome, message_digest
 from worker.delivery import intake, ledger, records
 from worker.delivery.intake import Message
 from worker.delivery.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.delivery.records import AuditStep
 from worker.delivery.retry import RetryPolicy
 from worker.delivery.rules import ActionRule, RuleViolation, check
 from worker.gate.guard import Hold, ProviderGuard
@@ -107,7 +108,7 @@ class Pipeline:
             if state.phase == DONE:
                 step = self._decide(parsed, state, log, raw=(args, kwargs))
             else:
-                drafts = [] if state.version else [records.draft(records.RECEIVED, message)]
+                drafts = [] if state.version else [records.draft(AuditStep.RECEIVED, message)]
                 error = message.error
                 if state.phase == CALLING:  # say so: a call was on the wire when it died
                     error = ("delivery_limit", why + "; a provider call was in flight when"
@@ -139,7 +140,7 @@ class Pipeline:
             DUPLICATES.labels(message.field("provider") or "unknown").inc()
             return self.journal.apply(
                 message.ledger_key, state.version,
-                records=[records.draft(records.DUPLICATE, message, outcome=state.outcome)],
+                records=[records.draft(AuditStep.DUPLICATE, message, outcome=state.outcome)],
             ) or Finished(state.outcome)
         now = self.clock()
         busy_until = state.lease_until if state.phase == CALLING else state.not_before
@@ -156,7 +157,7 @@ class Pipeline:
             return self._final(message, state.version, state.attempts,
                                PermanentError(exc.message, code=exc.code), [], log)
         recovering = state.phase == CALLING or state.recover
-        extra = [records.draft(records.RECOVERY, message, previous_owner=state.owner)] if (
+        extra = [records.draft(AuditStep.RECOVERY, message, previous_owner=state.owner)] if (
             state.phase == CALLING) else []
         moved = self._claim(message, state, attempts=state.attempts, drafts=extra,
                             recover=recovering)
@@ -165,7 +166,7 @@ class Pipeline:
 
     # -- first sight -------------------------------------------------------------------
     def _first_delivery(self, message: Message, log: Any, raw: Any) -> Step | Moved:
-        received = records.draft(records.RECEIVED, message)
+        received = records.draft(AuditStep.RECEIVED, message)
         if message.error is not None:
             return self._finish(message, 0, records.event(
                 message, Outcome.REJECTED, error=message.error), [received], log, raw=raw)
@@ -193,7 +194,7 @@ class Pipeline:
             return RetryLater(self.settings.retry_cap_seconds * (0.5 + random.random() / 2))
         if message.fingerprint in state.conflicts:
             return self.journal.apply(message.ledger_key, state.version, records=[
-                records.draft(records.DUPLICATE, message, outcome="rejected", conflict=True)
+                records.draft(AuditStep.DUPLICATE, message, outcome="rejected", conflict=True)
             ]) or Finished(Outcome.REJECTED)
         error = ("request_id_conflict",
                  "this request_id was already used for a request with different fields")
@@ -202,8 +203,8 @@ class Pipeline:
         return self.journal.apply(
             message.ledger_key, state.version,
             ledger={"conflicts": json.dumps([*state.conflicts, message.fingerprint])},
-            records=[records.draft(records.RECEIVED, message),
-                     records.draft(records.REJECTED, message, error=result["error"])],
+            records=[records.draft(AuditStep.RECEIVED, message),
+                     records.draft(AuditStep.REJECTED, message, error=result["error"])],
             event=result,
             ledger_ttl=None,  # the original is done (see above)
         ) or Finished(Outcome.REJECTED)
@@ -300,7 +301,7 @@ class Pipeline:
             "http_status": str(http_status or ""), "provider_status": "",
             **({"recover": "1"} if recover else {}),
         }, records=[*drafts, records.draft(
-            records.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
+            AuditStep.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
             error=reason)], ledger_ttl=0)  # in flight: only finished ledgers expire
         if moved is not None:
             return self._settle_after_race(message, moved, log)
@@ -309,7 +310,7 @@ class Pipeline:
     def _attempt_record(self, message: Message, attempt: int,
                         answer: ProviderAnswer | ProviderError, started: float) -> dict[str, Any]:
         return records.draft(
-            records.ATTEMPT, message, attempt=attempt, http_status=answer.http_status,
+            AuditStep.ATTEMPT, message, attempt=attempt, http_status=answer.http_status,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
             error=answer.code if isinstance(answer, ProviderError) else None,
         )
@@ -355,13 +356,13 @@ class Pipeline:
                 drafts: list[dict[str, Any]], log: Any, raw: Any = None,
                 force_dead_letter: bool = False) -> Step | Moved:
         outcome = Outcome(result["outcome"])
-        step = records.REJECTED if outcome is Outcome.REJECTED else records.COMPLETED
+        step = AuditStep.REJECTED if outcome is Outcome.REJECTED else AuditStep.COMPLETED
         steps = [*drafts, records.draft(step, message, outcome=outcome.value,
                                         error=result["error"], attempts=result["attempts"])]
         dead: DeadLetter | None = None
         if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)
-            steps.append(records.draft(records.DEAD_LETTERED, message, outcome=outcome.value))
+            steps.append(records.draft(AuditStep.DEAD_LETTERED, message, outcome=outcome.value))
         moved = self.journal.apply(message.ledger_key, version, ledger={
             "fp": message.fingerprint, "phase": DONE, "outcome": outcome.value,
             "attempts": str(result["attempts"]), "owner": "", "lease_until": "0",

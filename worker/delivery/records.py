@@ -7,29 +7,38 @@ dates of birth, document numbers) can reach a record by accident.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 from worker.contract import Outcome, utc_now_iso
 from worker.delivery.intake import Message
 from worker.journal.steps import DeadLetter
 
-# Audit steps.
-RECEIVED = "received"
-REJECTED = "rejected"
-ATTEMPT = "attempt"
-RETRY_SCHEDULED = "retry_scheduled"
-RECOVERY = "recovery"
-COMPLETED = "completed"
-DEAD_LETTERED = "dead_lettered"
-DUPLICATE = "duplicate"
-#: The reconciler pushed a request again (``worker.triggers.reconcile``): its message was lost.
-RESUBMITTED = "resubmitted"
+
+class AuditStep(StrEnum):
+    """Every ``step`` an audit record can name (readers of ``idvcancel:audit`` match on
+    these values: they are extended, never renamed)."""
+
+    RECEIVED = "received"
+    REJECTED = "rejected"
+    ATTEMPT = "attempt"
+    RETRY_SCHEDULED = "retry_scheduled"
+    RECOVERY = "recovery"
+    COMPLETED = "completed"
+    DEAD_LETTERED = "dead_lettered"
+    DUPLICATE = "duplicate"
+    #: A dead-lettered request sent again (``worker.ops.deadletters``).
+    REPLAYED = "replayed"
+    #: The reconciler pushed a request again (``worker.triggers.reconcile``): its message
+    #: was lost.
+    RESUBMITTED = "resubmitted"
+
 
 #: The most of an unreadable message a dead letter keeps, in characters.
 RAW_LIMIT = 4096
 
 
-def draft(step: str, message: Message, **details: Any) -> dict[str, Any]:
+def draft(step: AuditStep, message: Message, **details: Any) -> dict[str, Any]:
     """An audit record (before sealing) for one step of one message."""
     return {
         "step": step,
@@ -52,7 +61,7 @@ def resubmitted(request: Mapping[str, Any], *, phase: str, waited_s: float
     message, and no task yet), the ledger phase it found ("" = none) and how long the
     request had been in the intake index since it was last pushed."""
     return {
-        "step": RESUBMITTED,
+        "step": AuditStep.RESUBMITTED,
         "at": utc_now_iso(),
         "request_id": request["request_id"],
         "task_id": None,

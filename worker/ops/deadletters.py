@@ -49,10 +49,9 @@ import redis
 from worker import keys
 from worker.contract import CancelRequest, Outcome, utc_now_iso
 from worker.delivery.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.delivery.records import AuditStep
 from worker.journal.steps import Journal, Moved
 
-#: The audit step written when a dead-lettered request is sent again.
-REPLAYED = "replayed"
 #: Outcomes that leave a dead letter (the pipeline's ``DEAD_LETTERED``).
 REPLAYABLE_OUTCOMES = frozenset({Outcome.FAILED.value, Outcome.UNAUTHORIZED.value})
 
@@ -163,7 +162,7 @@ def _replayed_record(request: Mapping[str, Any], replays: int, previous: str
     """The audit draft of a replay: the keys of ``worker.delivery.records.draft`` (no Message
     here, no task yet) plus the replay's number and the outcome it replaces."""
     return {
-        "step": REPLAYED,
+        "step": AuditStep.REPLAYED,
         "at": utc_now_iso(),
         "request_id": request["request_id"],
         "task_id": None,
