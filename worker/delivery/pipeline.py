@@ -8,7 +8,6 @@ countdown. Jobs may run more than once: this is where that stops mattering.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 import uuid
@@ -21,7 +20,7 @@ from worker import keys
 from worker.contract import Outcome, message_digest
 from worker.delivery import intake, ledger, records
 from worker.delivery.intake import Message
-from worker.delivery.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.delivery.ledger import LedgerState, Phase
 from worker.delivery.records import AuditStep
 from worker.delivery.retry import RetryPolicy
 from worker.delivery.rules import ActionRule, RuleViolation, check
@@ -105,12 +104,12 @@ class Pipeline:
         log = get_logger(request_id=message.request_id, task_id=task_id)
         while True:
             state = ledger.read(self.journal.client, message.ledger_key)
-            if state.phase == DONE:
+            if state.phase == Phase.DONE:
                 step = self._decide(parsed, state, log, raw=(args, kwargs))
             else:
                 drafts = [] if state.version else [records.draft(AuditStep.RECEIVED, message)]
                 error = message.error
-                if state.phase == CALLING:  # say so: a call was on the wire when it died
+                if state.phase == Phase.CALLING:  # say so: a call was on the wire when it died
                     error = ("delivery_limit", why + "; a provider call was in flight when"
                              " its worker died and may have taken effect: check the session"
                              " before replaying")
@@ -135,15 +134,15 @@ class Pipeline:
             return self._first_delivery(message, log, raw)
         if state.fingerprint != message.fingerprint:
             return self._conflict(message, state, log)
-        if state.phase == DONE:
+        if state.phase == Phase.DONE:
             log.info("duplicate", outcome=state.outcome)
             DUPLICATES.labels(message.field("provider") or "unknown").inc()
             return self.journal.apply(
                 message.ledger_key, state.version,
                 records=[records.draft(AuditStep.DUPLICATE, message, outcome=state.outcome)],
-            ) or Finished(state.outcome)
+            ) or Finished(str(state.outcome or ""))
         now = self.clock()
-        busy_until = state.lease_until if state.phase == CALLING else state.not_before
+        busy_until = state.lease_until if state.phase == Phase.CALLING else state.not_before
         if busy_until > now:
             countdown = min(busy_until - now, self.settings.retry_cap_seconds) + random.random()
             log.info("deferred", phase=state.phase, countdown=round(countdown, 3))
@@ -156,9 +155,9 @@ class Pipeline:
         except RuleViolation as exc:
             return self._final(message, state.version, state.attempts,
                                PermanentError(exc.message, code=exc.code), [], log)
-        recovering = state.phase == CALLING or state.recover
+        recovering = state.phase == Phase.CALLING or state.recover
         extra = [records.draft(AuditStep.RECOVERY, message, previous_owner=state.owner)] if (
-            state.phase == CALLING) else []
+            state.phase == Phase.CALLING) else []
         moved = self._claim(message, state, attempts=state.attempts, drafts=extra,
                             recover=recovering)
         return moved or self._carry_out(message, rule, state.version + 1, state.attempts,
@@ -188,7 +187,7 @@ class Pipeline:
         return moved or self._carry_out(message, rule, 1, 0, False, log, created=now)
 
     def _conflict(self, message: Message, state: LedgerState, log: Any) -> Step | Moved:
-        if state.phase != DONE:
+        if state.phase != Phase.DONE:
             # Answer the conflict once the original has finished: writing to its ledger
             # now would move the version under the worker that holds it mid-call.
             return RetryLater(self.settings.retry_cap_seconds * (0.5 + random.random() / 2))
@@ -202,7 +201,7 @@ class Pipeline:
         log.warning("conflict", outcome="rejected")
         return self.journal.apply(
             message.ledger_key, state.version,
-            ledger={"conflicts": json.dumps([*state.conflicts, message.fingerprint])},
+            ledger=state.with_conflict(message.fingerprint),
             records=[records.draft(AuditStep.RECEIVED, message),
                      records.draft(AuditStep.REJECTED, message, error=result["error"])],
             event=result,
@@ -213,12 +212,9 @@ class Pipeline:
                drafts: list[dict[str, Any]], recover: bool = False,
                created: float | None = None) -> Moved | None:
         lease_until = self.clock() + self.settings.lease_seconds
-        first = {"created": f"{created:.3f}"} if created is not None else {}
-        return self.journal.apply(message.ledger_key, state.version, ledger={**first,
-            "fp": message.fingerprint, "phase": CALLING, "owner": self.owner,
-            "lease_until": f"{lease_until:.3f}", "attempts": str(attempts),
-            "recover": "1" if recover else "",
-        }, records=drafts, ledger_ttl=0)
+        return self.journal.apply(message.ledger_key, state.version, ledger=LedgerState.claimed(
+            message.fingerprint, self.owner, lease_until, attempts, recover=recover,
+            created=created), records=drafts, ledger_ttl=0)
 
     # -- the provider call -------------------------------------------------------------
     def _carry_out(self, message: Message, rule: ActionRule, version: int, attempts: int,
@@ -295,12 +291,9 @@ class Pipeline:
         RETRIES.labels(message.field("provider") or "unknown", reason).inc()
         log.info("retry_scheduled", attempt=attempts, delay=round(delay, 3), error=reason,
                  http_status=http_status)
-        moved = self.journal.apply(message.ledger_key, version, ledger={
-            "phase": WAITING, "attempts": str(attempts), "owner": "", "lease_until": "0",
-            "not_before": f"{self.clock() + delay:.3f}",
-            "http_status": str(http_status or ""), "provider_status": "",
-            **({"recover": "1"} if recover else {}),
-        }, records=[*drafts, records.draft(
+        moved = self.journal.apply(message.ledger_key, version, ledger=LedgerState.waiting(
+            attempts, self.clock() + delay, http_status, recover=recover,
+        ), records=[*drafts, records.draft(
             AuditStep.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
             error=reason)], ledger_ttl=0)  # in flight: only finished ledgers expire
         if moved is not None:
@@ -363,12 +356,10 @@ class Pipeline:
         if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)
             steps.append(records.draft(AuditStep.DEAD_LETTERED, message, outcome=outcome.value))
-        moved = self.journal.apply(message.ledger_key, version, ledger={
-            "fp": message.fingerprint, "phase": DONE, "outcome": outcome.value,
-            "attempts": str(result["attempts"]), "owner": "", "lease_until": "0",
-            "http_status": str(result["http_status"] or ""),
-            "provider_status": result["provider_status"] or "", "recover": "",
-        }, records=steps, event=result, dead_letter=dead, ledger_ttl=None)
+        moved = self.journal.apply(message.ledger_key, version, ledger=LedgerState.done(
+            message.fingerprint, outcome, result["attempts"], result["http_status"],
+            result["provider_status"],
+        ), records=steps, event=result, dead_letter=dead, ledger_ttl=None)
         if moved is None:
             REQUESTS.labels(message.field("provider") or "unknown", outcome.value).inc()
             log.info("completed", outcome=outcome.value, attempts=result["attempts"],

@@ -22,7 +22,7 @@ import redis
 
 from worker import keys
 from worker.contract import canonical_json
-from worker.delivery.ledger import DONE
+from worker.delivery.ledger import Phase
 from worker.journal import chain as audit
 
 _LUA = resources.files("worker").joinpath("lua/transition.lua").read_text()
@@ -114,7 +114,7 @@ class Journal:
         ttl = self.ledger_ttl if ledger_ttl is None else ledger_ttl
         # A finished request leaves the intake index in the same step (one ZREM, one
         # HDEL): the index holds requests in flight only, and nothing else removes them.
-        done = ledger is not None and ledger.get("phase") == DONE
+        done = ledger is not None and ledger.get("phase") == Phase.DONE
         forget = (keys.request_id_of_ledger(ledger_key) or "") if done else ""
         return _Step(ledger_key, expected_version, [
             json.dumps(ledger) if ledger is not None else "",

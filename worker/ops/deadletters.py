@@ -48,7 +48,8 @@ import redis
 
 from worker import keys
 from worker.contract import CancelRequest, Outcome, utc_now_iso
-from worker.delivery.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.delivery import ledger
+from worker.delivery.ledger import Phase
 from worker.delivery.records import AuditStep
 from worker.journal.steps import Journal, Moved
 
@@ -157,7 +158,7 @@ def get(client: redis.Redis, entry_id: str) -> dict[str, Any] | None:
     return None if entry is None else {"id": entry_id, **entry}
 
 
-def _replayed_record(request: Mapping[str, Any], replays: int, previous: str
+def _replayed_record(request: Mapping[str, Any], replays: int, previous: Outcome | None
                      ) -> dict[str, Any]:
     """The audit draft of a replay: the keys of ``worker.delivery.records.draft`` (no Message
     here, no task yet) plus the replay's number and the outcome it replaces."""
@@ -173,7 +174,7 @@ def _replayed_record(request: Mapping[str, Any], replays: int, previous: str
         "action": request.get("action"),
         "reference": request.get("reference"),
         "replay": replays,
-        "previous_outcome": previous or None,
+        "previous_outcome": previous.value if previous else None,
     }
 
 
@@ -182,21 +183,18 @@ def _reset_ledger(client: redis.Redis, request: Mapping[str, Any]) -> tuple[str,
     journal = Journal(client)
     key = keys.request_ledger(str(request["request_id"]))
     while True:
-        raw: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
-        state = LedgerState.from_hash(raw)
-        replays = int(raw.get("replays") or 0)
-        if state.phase == WAITING:
+        state = ledger.read(client, key)
+        replays = state.replays
+        if state.phase == Phase.WAITING:
             return "send", False, replays  # an interrupted replay already reset it
-        if state.phase == CALLING:
+        if state.phase == Phase.CALLING:
             raise NotReplayable(
                 f"request {request['request_id']!r} is being carried out right now "
                 "(phase calling); wait for its result")
-        if state.phase == DONE and state.outcome not in REPLAYABLE_OUTCOMES:
+        if state.phase == Phase.DONE and state.outcome not in REPLAYABLE_OUTCOMES:
             return "already_done", False, replays
-        fields = {"phase": WAITING, "not_before": "0", "attempts": "0", "outcome": "",
-                  "owner": "", "lease_until": "0", "replays": str(replays + 1),
-                  # the retry deadline counts from the replay, not the first delivery
-                  "created": f"{time.time():.3f}"}
+        # the retry deadline counts from the replay, not the first delivery
+        fields = state.reset_for_replay(time.time())
         record = _replayed_record(request, replays + 1, state.outcome)
         # No ledger at all (it expired): nothing to reset, but the replay is audited.
         moved = journal.apply(key, state.version, records=[record],
