@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from worker.contract import CancelRequest, Outcome, canonical_json, message_digest
-from worker.delivery import intake
+from worker.delivery import intake, records
 from worker.delivery.ledger import LedgerState, Phase
 from worker.delivery.records import AuditStep
 
@@ -167,3 +167,31 @@ def test_each_transition_reads_back_as_its_phase() -> None:
     final = LedgerState.from_hash(raw)
     assert (final.attempts, final.outcome, final.owner, final.lease_until, final.recover,
             final.created) == (2, Outcome.CANCELLED, "", 0.0, False, 1.0)
+
+
+# -- result events: built as the ResultEvent model ------------------------------------
+
+
+def test_a_result_event_dumps_to_the_fields_the_stream_always_had() -> None:
+    message = intake.parse([REQUEST], {}, "t-1")
+    result = records.event(message, Outcome.FAILED, attempts=3, http_status=503,
+                           error=("unavailable", "down"))
+    dumped = json.loads(canonical_json(result.model_dump(mode="json")))
+    assert set(dumped) == {
+        "request_id", "provider", "action", "reference", "source", "outcome", "attempts",
+        "http_status", "provider_status", "fee_refunded", "error", "occurred_at",
+        "requested_by", "task_id", "recovered"}
+    assert dumped["outcome"] == "failed" and dumped["source"] == "api"
+    assert dumped["error"] == {"code": "unavailable", "message": "down"}
+    assert dumped["recovered"] is False and dumped["task_id"] == "t-1"
+    entry = records.dead_letter(message, result).entry
+    assert entry["error"] == dumped["error"] and entry["outcome"] == "failed"
+    assert entry["dead_lettered_at"] == dumped["occurred_at"]
+
+
+def test_an_unreadable_message_has_an_event_with_no_request_id() -> None:
+    message = intake.parse([1, 2], {}, "t-2")
+    dumped = records.event(message, Outcome.REJECTED, error=message.error).model_dump(
+        mode="json")
+    assert dumped["request_id"] is None and dumped["source"] is None
+    assert dumped["error"]["code"] == "invalid_message"

@@ -17,7 +17,7 @@ from typing import Any
 
 from config.settings import Settings
 from worker import keys
-from worker.contract import Outcome, message_digest
+from worker.contract import Outcome, ResultEvent, message_digest
 from worker.delivery import intake, ledger, records
 from worker.delivery.intake import Message
 from worker.delivery.ledger import LedgerState, Phase
@@ -203,8 +203,8 @@ class Pipeline:
             message.ledger_key, state.version,
             ledger=state.with_conflict(message.fingerprint),
             records=[records.draft(AuditStep.RECEIVED, message),
-                     records.draft(AuditStep.REJECTED, message, error=result["error"])],
-            event=result,
+                     records.draft(AuditStep.REJECTED, message, error=records.error_of(result))],
+            event=result.model_dump(mode="json"),
             ledger_ttl=None,  # the original is done (see above)
         ) or Finished(Outcome.REJECTED)
 
@@ -345,25 +345,27 @@ class Pipeline:
         log.warning("lease_lost", version=moved.version)
         return moved
 
-    def _finish(self, message: Message, version: int, result: dict[str, Any],
+    def _finish(self, message: Message, version: int, result: ResultEvent,
                 drafts: list[dict[str, Any]], log: Any, raw: Any = None,
                 force_dead_letter: bool = False) -> Step | Moved:
-        outcome = Outcome(result["outcome"])
+        outcome = result.outcome
         step = AuditStep.REJECTED if outcome is Outcome.REJECTED else AuditStep.COMPLETED
         steps = [*drafts, records.draft(step, message, outcome=outcome.value,
-                                        error=result["error"], attempts=result["attempts"])]
+                                        error=records.error_of(result),
+                                        attempts=result.attempts)]
         dead: DeadLetter | None = None
         if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)
             steps.append(records.draft(AuditStep.DEAD_LETTERED, message, outcome=outcome.value))
         moved = self.journal.apply(message.ledger_key, version, ledger=LedgerState.done(
-            message.fingerprint, outcome, result["attempts"], result["http_status"],
-            result["provider_status"],
-        ), records=steps, event=result, dead_letter=dead, ledger_ttl=None)
+            message.fingerprint, outcome, result.attempts, result.http_status,
+            result.provider_status,
+        ), records=steps, event=result.model_dump(mode="json"), dead_letter=dead,
+            ledger_ttl=None)
         if moved is None:
             REQUESTS.labels(message.field("provider") or "unknown", outcome.value).inc()
-            log.info("completed", outcome=outcome.value, attempts=result["attempts"],
-                     http_status=result["http_status"],
-                     error=result["error"]["code"] if result["error"] else None)
+            log.info("completed", outcome=outcome.value, attempts=result.attempts,
+                     http_status=result.http_status,
+                     error=result.error.code if result.error else None)
             return Finished(outcome.value)
         return moved

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
-from worker.contract import Outcome, utc_now_iso
+from worker.contract import ErrorInfo, Outcome, ResultEvent, utc_now_iso
 from worker.delivery.intake import Message
 from worker.journal.steps import DeadLetter
 
@@ -86,40 +86,46 @@ def event(
     fee_refunded: bool | None = None,
     error: tuple[str, str] | None = None,
     recovered: bool = False,
-) -> dict[str, Any]:
-    """The result event (see ``worker.contract.ResultEvent``)."""
-    return {
-        "request_id": message.request_id,
-        "provider": message.field("provider"),
-        "action": message.field("action"),
-        "reference": message.field("reference"),
-        "source": message.field("source") or ("api" if message.request else None),
-        "outcome": outcome.value,
-        "attempts": attempts,
-        "http_status": http_status,
-        "provider_status": provider_status,
-        "fee_refunded": fee_refunded,
-        "error": {"code": error[0], "message": error[1]} if error else None,
-        "occurred_at": utc_now_iso(),
-        "requested_by": message.field("requested_by"),
-        "task_id": message.task_id,
-        "recovered": recovered,
-    }
+) -> ResultEvent:
+    """The result event, built as the model its published JSON Schema comes from
+    (``idvcancel schema``), so what the stream gets cannot drift from what it says."""
+    return ResultEvent(
+        request_id=message.request_id,
+        provider=message.field("provider"),
+        action=message.field("action"),
+        reference=message.field("reference"),
+        source=message.field("source") or ("api" if message.request else None),
+        outcome=outcome,
+        attempts=attempts,
+        http_status=http_status,
+        provider_status=provider_status,
+        fee_refunded=fee_refunded,
+        error=ErrorInfo(code=error[0], message=error[1]) if error else None,
+        occurred_at=utc_now_iso(),
+        requested_by=message.field("requested_by"),
+        task_id=message.task_id,
+        recovered=recovered,
+    )
+
+
+def error_of(result: ResultEvent) -> dict[str, str] | None:
+    """The event's ``error`` as it is written (audit records and dead letters carry it too)."""
+    return result.error.model_dump() if result.error else None
 
 
 def dead_letter(
-    message: Message, result: dict[str, Any], raw: tuple[Any, ...] | None = None
+    message: Message, result: ResultEvent, raw: tuple[Any, ...] | None = None
 ) -> DeadLetter:
     """Everything needed to replay the request (or, unreadable, to inspect it)."""
     entry: dict[str, Any] = {
         "id": message.request_id or f"task:{message.task_id}",
         "request": message.request.model_dump() if message.request else None,
-        "outcome": result["outcome"],
-        "error": result["error"],
-        "attempts": result["attempts"],
-        "http_status": result["http_status"],
+        "outcome": result.outcome.value,
+        "error": error_of(result),
+        "attempts": result.attempts,
+        "http_status": result.http_status,
         "task_id": message.task_id,
-        "dead_lettered_at": result["occurred_at"],
+        "dead_lettered_at": result.occurred_at,
     }
     if message.request is None and raw is not None:
         entry["raw"] = inspectable(raw)
