@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import math
 from typing import Any
 
@@ -12,7 +11,7 @@ from celery.exceptions import Reject
 
 from worker import keys
 from worker.app import app
-from worker.contract import TASK_NAME
+from worker.contract import TASK_NAME, message_digest
 from worker.delivery.pipeline import RetryLater
 from worker.delivery.runtime import pipeline
 from worker.logs import get_logger
@@ -29,8 +28,7 @@ def _task_id(task: Task, args: Any, kwargs: Any) -> str:  # type: ignore[type-ar
     if task.request.id:
         return str(task.request.id)
     # A protocol-1 message may carry no id: key it by its content, which redelivery keeps.
-    return "noid-" + hashlib.sha256(repr((args, kwargs)).encode("utf-8", "replace")
-                                    ).hexdigest()[:32]
+    return "noid-" + message_digest(repr((args, kwargs)))[:32]
 
 
 def _later(task: Task, countdown: float) -> Reject | Exception:  # type: ignore[type-arg]

@@ -95,8 +95,8 @@ class CancelRequest(BaseModel):
     )
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical request: equal requests, equal fingerprints."""
-        return hashlib.sha256(canonical_json(self.model_dump()).encode()).hexdigest()
+        """The digest of the canonical request: equal requests, equal fingerprints."""
+        return message_digest(canonical_json(self.model_dump()))
 
 
 class ErrorInfo(BaseModel):
@@ -134,6 +134,30 @@ class ResultEvent(BaseModel):
 def canonical_json(value: Any) -> str:
     """Sorted keys, no spaces: the one serialisation that hashes and fingerprints use."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def message_digest(data: bytes | str) -> str:
+    """The one hash that names a message: hex SHA-256 of ``data``.
+
+    It derives every id kept for a message (request fingerprints in the ledger, the
+    ``raw-``/``noid-`` task ids of messages that carry none, the fingerprint of an
+    unreadable one), so a redelivered copy gets the same name and is answered once.
+    The encoding is stable and must stay so (ledgers and task ids persist): bytes are
+    hashed as they are, text as UTF-8 with a lone surrogate (which UTF-8 cannot hold)
+    written ``?``. Of the encodings the hashers used before (strict, ``surrogatepass``,
+    ``replace``), ``replace`` is the one the consumer names raw bodies by, and it never
+    raises, so even a message that no store accepts still gets its one id; for the
+    other callers nothing changes (they hash canonical JSON that is valid UTF-8, or
+    ``repr``/``ascii`` text, which escapes surrogates).
+
+    Examples:
+        >>> message_digest("abc") == message_digest(b"abc")
+        True
+        >>> message_digest("a\\ud800") == message_digest("a?")
+        True
+    """
+    raw = data if isinstance(data, bytes) else data.encode("utf-8", "replace")
+    return hashlib.sha256(raw).hexdigest()
 
 
 def utc_now_iso() -> str:

@@ -10,7 +10,6 @@ that are not even a kombu envelope reach it too, wrapped by ``worker.broker.redi
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +19,7 @@ from vine import promise
 
 from config.broker import DEAD_LETTER_EXCHANGE
 from worker.broker.redis_transport import unreadable_reason
-from worker.contract import TASK_NAME
+from worker.contract import TASK_NAME, message_digest
 from worker.delivery.runtime import pipeline
 from worker.logs import get_logger
 
@@ -33,9 +32,8 @@ def _message_id(message: Any) -> str:
     if isinstance(task_id, str) and task_id:
         return task_id
     body = getattr(message, "body", b"")
-    raw = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
     # Redelivery keeps the body, so the same id: the ledger answers it once.
-    return "raw-" + hashlib.sha256(raw).hexdigest()[:32]
+    return "raw-" + message_digest(body if isinstance(body, bytes) else str(body))[:32]
 
 
 def record_unreadable(message: Any, code: str, text: str) -> None:

@@ -8,7 +8,6 @@ task id, which survives redelivery, so a malformed message is also answered once
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from worker import keys
-from worker.contract import MAX_REQUEST_ID_LENGTH, CancelRequest, canonical_json
+from worker.contract import (
+    MAX_REQUEST_ID_LENGTH,
+    CancelRequest,
+    canonical_json,
+    message_digest,
+)
 
 #: Fields copied from a malformed message into its result and audit record, when they
 #: are short strings; other fields (and anything long) are never echoed back.
@@ -31,7 +35,7 @@ class Message:
 
     Parameters:
         ledger_key: where its ledger lives.
-        fingerprint: SHA-256 of what it carried; equal deliveries, equal fingerprints.
+        fingerprint: ``message_digest`` of what it carried; equal deliveries, equal fingerprints.
         request_id: the request id if one could be read.
         request: the validated request, or None when invalid.
         error: why it is invalid (``code``, ``message``), or None.
@@ -55,17 +59,11 @@ class Message:
 
 
 def _fingerprint_raw(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-    try:
-        text = canonical_json({"args": list(args), "kwargs": dict(kwargs)})
-    except (TypeError, ValueError):
-        text = repr((args, kwargs))
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
-
-
-def _fingerprint_raw_safe(args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
-    if _encodable({"args": list(args), "kwargs": dict(kwargs)}):
-        return _fingerprint_raw(args, kwargs)
-    return hashlib.sha256(ascii((args, kwargs)).encode()).hexdigest()
+    """The fingerprint of a message that is not a valid request: the digest of its
+    canonical JSON, or of its ``ascii()`` text when it has none that UTF-8 can hold
+    (lone surrogates): stable across redeliveries either way."""
+    value = {"args": list(args), "kwargs": dict(kwargs)}
+    return message_digest(canonical_json(value) if _encodable(value) else ascii((args, kwargs)))
 
 
 def describe(error: ValidationError) -> str:
@@ -130,5 +128,5 @@ def parse(args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str) -> Messa
             request = CancelRequest.model_validate(raw)
         except ValidationError as exc:
             error = ("invalid_request", describe(exc))
-    fingerprint = request.fingerprint() if request else _fingerprint_raw_safe(args, kwargs)
+    fingerprint = request.fingerprint() if request else _fingerprint_raw(args, kwargs)
     return Message(ledger_key, fingerprint, readable, request, error, echo, task_id)

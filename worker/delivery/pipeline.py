@@ -8,8 +8,6 @@ countdown. Jobs may run more than once: this is where that stops mattering.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 import time
 import uuid
@@ -19,14 +17,15 @@ from typing import Any
 
 from config.settings import Settings
 from worker import keys
-from worker.contract import Outcome
+from worker.contract import Outcome, ResultEvent, message_digest
 from worker.delivery import intake, records
 from worker.delivery.intake import Message
+from worker.delivery.records import AuditStep
 from worker.delivery.retry import RetryPolicy
 from worker.errors import RuleViolation
 from worker.gate.guard import Hold, ProviderGuard
 from worker.journal import ledger
-from worker.journal.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.journal.ledger import LedgerState, Phase
 from worker.journal.steps import DeadLetter, Journal, Moved
 from worker.logs import get_logger
 from worker.metrics import ATTEMPTS, DUPLICATES, LATENCY, REQUESTS, RETRIES
@@ -90,9 +89,8 @@ class Pipeline:
 
     def reject_unreadable(self, task_id: str, code: str, text: str, raw: Any) -> Step:
         """Answer a message Celery could not turn into a task call (see worker.broker.consumer)."""
-        digest = hashlib.sha256(repr(raw).encode("utf-8", "replace")).hexdigest()
-        message = Message(keys.message_ledger(task_id), digest, None, None, (code, text), {},
-                          task_id)
+        message = Message(keys.message_ledger(task_id), message_digest(repr(raw)), None, None,
+                          (code, text), {}, task_id)
         return self._run(message, raw=(raw,))
 
     def reject_dead(self, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str,
@@ -108,12 +106,12 @@ class Pipeline:
         log = get_logger(request_id=message.request_id, task_id=task_id)
         while True:
             state = ledger.read(self.journal.client, message.ledger_key)
-            if state.phase == DONE:
+            if state.phase == Phase.DONE:
                 step = self._decide(parsed, state, log, raw=(args, kwargs))
             else:
-                drafts = [] if state.version else [records.draft(records.RECEIVED, message)]
+                drafts = [] if state.version else [records.draft(AuditStep.RECEIVED, message)]
                 error = message.error
-                if state.phase == CALLING:  # say so: a call was on the wire when it died
+                if state.phase == Phase.CALLING:  # say so: a call was on the wire when it died
                     error = ("delivery_limit", why + "; a provider call was in flight when"
                              " its worker died and may have taken effect: check the session"
                              " before replaying")
@@ -138,15 +136,15 @@ class Pipeline:
             return self._first_delivery(message, log, raw)
         if state.fingerprint != message.fingerprint:
             return self._conflict(message, state, log)
-        if state.phase == DONE:
+        if state.phase == Phase.DONE:
             log.info("duplicate", outcome=state.outcome)
             DUPLICATES.labels(message.field("provider") or "unknown").inc()
             return self.journal.apply(
                 message.ledger_key, state.version,
-                records=[records.draft(records.DUPLICATE, message, outcome=state.outcome)],
-            ) or Finished(state.outcome)
+                records=[records.draft(AuditStep.DUPLICATE, message, outcome=state.outcome)],
+            ) or Finished(str(state.outcome or ""))
         now = self.clock()
-        busy_until = state.lease_until if state.phase == CALLING else state.not_before
+        busy_until = state.lease_until if state.phase == Phase.CALLING else state.not_before
         if busy_until > now:
             countdown = min(busy_until - now, self.settings.retry_cap_seconds) + random.random()
             log.info("deferred", phase=state.phase, countdown=round(countdown, 3))
@@ -159,9 +157,9 @@ class Pipeline:
         except RuleViolation as exc:
             return self._final(message, state.version, state.attempts,
                                PermanentError(exc.message, code=exc.code), [], log)
-        recovering = state.phase == CALLING or state.recover
-        extra = [records.draft(records.RECOVERY, message, previous_owner=state.owner)] if (
-            state.phase == CALLING) else []
+        recovering = state.phase == Phase.CALLING or state.recover
+        extra = [records.draft(AuditStep.RECOVERY, message, previous_owner=state.owner)] if (
+            state.phase == Phase.CALLING) else []
         moved = self._claim(message, state, attempts=state.attempts, drafts=extra,
                             recover=recovering)
         return moved or self._carry_out(message, rule, state.version + 1, state.attempts,
@@ -169,7 +167,7 @@ class Pipeline:
 
     # -- first sight -------------------------------------------------------------------
     def _first_delivery(self, message: Message, log: Any, raw: Any) -> Step | Moved:
-        received = records.draft(records.RECEIVED, message)
+        received = records.draft(AuditStep.RECEIVED, message)
         if message.error is not None:
             return self._finish(message, 0, records.event(
                 message, Outcome.REJECTED, error=message.error), [received], log, raw=raw)
@@ -191,13 +189,13 @@ class Pipeline:
         return moved or self._carry_out(message, rule, 1, 0, False, log, created=now)
 
     def _conflict(self, message: Message, state: LedgerState, log: Any) -> Step | Moved:
-        if state.phase != DONE:
+        if state.phase != Phase.DONE:
             # Answer the conflict once the original has finished: writing to its ledger
             # now would move the version under the worker that holds it mid-call.
             return RetryLater(self.settings.retry_cap_seconds * (0.5 + random.random() / 2))
         if message.fingerprint in state.conflicts:
             return self.journal.apply(message.ledger_key, state.version, records=[
-                records.draft(records.DUPLICATE, message, outcome="rejected", conflict=True)
+                records.draft(AuditStep.DUPLICATE, message, outcome="rejected", conflict=True)
             ]) or Finished(Outcome.REJECTED)
         error = ("request_id_conflict",
                  "this request_id was already used for a request with different fields")
@@ -205,10 +203,10 @@ class Pipeline:
         log.warning("conflict", outcome="rejected")
         return self.journal.apply(
             message.ledger_key, state.version,
-            ledger={"conflicts": json.dumps([*state.conflicts, message.fingerprint])},
-            records=[records.draft(records.RECEIVED, message),
-                     records.draft(records.REJECTED, message, error=result["error"])],
-            event=result,
+            ledger=state.with_conflict(message.fingerprint),
+            records=[records.draft(AuditStep.RECEIVED, message),
+                     records.draft(AuditStep.REJECTED, message, error=records.error_of(result))],
+            event=result.model_dump(mode="json"),
             ledger_ttl=None,  # the original is done (see above)
         ) or Finished(Outcome.REJECTED)
 
@@ -216,12 +214,9 @@ class Pipeline:
                drafts: list[dict[str, Any]], recover: bool = False,
                created: float | None = None) -> Moved | None:
         lease_until = self.clock() + self.settings.lease_seconds
-        first = {"created": f"{created:.3f}"} if created is not None else {}
-        return self.journal.apply(message.ledger_key, state.version, ledger={**first,
-            "fp": message.fingerprint, "phase": CALLING, "owner": self.owner,
-            "lease_until": f"{lease_until:.3f}", "attempts": str(attempts),
-            "recover": "1" if recover else "",
-        }, records=drafts, ledger_ttl=0)
+        return self.journal.apply(message.ledger_key, state.version, ledger=LedgerState.claimed(
+            message.fingerprint, self.owner, lease_until, attempts, recover=recover,
+            created=created), records=drafts, ledger_ttl=0)
 
     # -- the provider call -------------------------------------------------------------
     def _carry_out(self, message: Message, rule: ActionRule, version: int, attempts: int,
@@ -298,13 +293,10 @@ class Pipeline:
         RETRIES.labels(message.field("provider") or "unknown", reason).inc()
         log.info("retry_scheduled", attempt=attempts, delay=round(delay, 3), error=reason,
                  http_status=http_status)
-        moved = self.journal.apply(message.ledger_key, version, ledger={
-            "phase": WAITING, "attempts": str(attempts), "owner": "", "lease_until": "0",
-            "not_before": f"{self.clock() + delay:.3f}",
-            "http_status": str(http_status or ""), "provider_status": "",
-            **({"recover": "1"} if recover else {}),
-        }, records=[*drafts, records.draft(
-            records.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
+        moved = self.journal.apply(message.ledger_key, version, ledger=LedgerState.waiting(
+            attempts, self.clock() + delay, http_status, recover=recover,
+        ), records=[*drafts, records.draft(
+            AuditStep.RETRY_SCHEDULED, message, attempt=attempts, delay_s=round(delay, 3),
             error=reason)], ledger_ttl=0)  # in flight: only finished ledgers expire
         if moved is not None:
             return self._settle_after_race(message, moved, log)
@@ -313,7 +305,7 @@ class Pipeline:
     def _attempt_record(self, message: Message, attempt: int,
                         answer: ProviderAnswer | ProviderError, started: float) -> dict[str, Any]:
         return records.draft(
-            records.ATTEMPT, message, attempt=attempt, http_status=answer.http_status,
+            AuditStep.ATTEMPT, message, attempt=attempt, http_status=answer.http_status,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
             error=answer.code if isinstance(answer, ProviderError) else None,
         )
@@ -355,27 +347,27 @@ class Pipeline:
         log.warning("lease_lost", version=moved.version)
         return moved
 
-    def _finish(self, message: Message, version: int, result: dict[str, Any],
+    def _finish(self, message: Message, version: int, result: ResultEvent,
                 drafts: list[dict[str, Any]], log: Any, raw: Any = None,
                 force_dead_letter: bool = False) -> Step | Moved:
-        outcome = Outcome(result["outcome"])
-        step = records.REJECTED if outcome is Outcome.REJECTED else records.COMPLETED
+        outcome = result.outcome
+        step = AuditStep.REJECTED if outcome is Outcome.REJECTED else AuditStep.COMPLETED
         steps = [*drafts, records.draft(step, message, outcome=outcome.value,
-                                        error=result["error"], attempts=result["attempts"])]
+                                        error=records.error_of(result),
+                                        attempts=result.attempts)]
         dead: DeadLetter | None = None
         if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)
-            steps.append(records.draft(records.DEAD_LETTERED, message, outcome=outcome.value))
-        moved = self.journal.apply(message.ledger_key, version, ledger={
-            "fp": message.fingerprint, "phase": DONE, "outcome": outcome.value,
-            "attempts": str(result["attempts"]), "owner": "", "lease_until": "0",
-            "http_status": str(result["http_status"] or ""),
-            "provider_status": result["provider_status"] or "", "recover": "",
-        }, records=steps, event=result, dead_letter=dead, ledger_ttl=None)
+            steps.append(records.draft(AuditStep.DEAD_LETTERED, message, outcome=outcome.value))
+        moved = self.journal.apply(message.ledger_key, version, ledger=LedgerState.done(
+            message.fingerprint, outcome, result.attempts, result.http_status,
+            result.provider_status,
+        ), records=steps, event=result.model_dump(mode="json"), dead_letter=dead,
+            ledger_ttl=None)
         if moved is None:
             REQUESTS.labels(message.field("provider") or "unknown", outcome.value).inc()
-            log.info("completed", outcome=outcome.value, attempts=result["attempts"],
-                     http_status=result["http_status"],
-                     error=result["error"]["code"] if result["error"] else None)
+            log.info("completed", outcome=outcome.value, attempts=result.attempts,
+                     http_status=result.http_status,
+                     error=result.error.code if result.error else None)
             return Finished(outcome.value)
         return moved

@@ -7,29 +7,38 @@ dates of birth, document numbers) can reach a record by accident.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
-from worker.contract import Outcome, utc_now_iso
+from worker.contract import ErrorInfo, Outcome, ResultEvent, utc_now_iso
 from worker.delivery.intake import Message
 from worker.journal.steps import DeadLetter
 
-# Audit steps.
-RECEIVED = "received"
-REJECTED = "rejected"
-ATTEMPT = "attempt"
-RETRY_SCHEDULED = "retry_scheduled"
-RECOVERY = "recovery"
-COMPLETED = "completed"
-DEAD_LETTERED = "dead_lettered"
-DUPLICATE = "duplicate"
-#: The reconciler pushed a request again (``worker.triggers.reconcile``): its message was lost.
-RESUBMITTED = "resubmitted"
+
+class AuditStep(StrEnum):
+    """Every ``step`` an audit record can name (readers of ``idvcancel:audit`` match on
+    these values: they are extended, never renamed)."""
+
+    RECEIVED = "received"
+    REJECTED = "rejected"
+    ATTEMPT = "attempt"
+    RETRY_SCHEDULED = "retry_scheduled"
+    RECOVERY = "recovery"
+    COMPLETED = "completed"
+    DEAD_LETTERED = "dead_lettered"
+    DUPLICATE = "duplicate"
+    #: A dead-lettered request sent again (``worker.ops.deadletters``).
+    REPLAYED = "replayed"
+    #: The reconciler pushed a request again (``worker.triggers.reconcile``): its message
+    #: was lost.
+    RESUBMITTED = "resubmitted"
+
 
 #: The most of an unreadable message a dead letter keeps, in characters.
 RAW_LIMIT = 4096
 
 
-def draft(step: str, message: Message, **details: Any) -> dict[str, Any]:
+def draft(step: AuditStep, message: Message, **details: Any) -> dict[str, Any]:
     """An audit record (before sealing) for one step of one message."""
     return {
         "step": step,
@@ -52,7 +61,7 @@ def resubmitted(request: Mapping[str, Any], *, phase: str, waited_s: float
     message, and no task yet), the ledger phase it found ("" = none) and how long the
     request had been in the intake index since it was last pushed."""
     return {
-        "step": RESUBMITTED,
+        "step": AuditStep.RESUBMITTED,
         "at": utc_now_iso(),
         "request_id": request["request_id"],
         "task_id": None,
@@ -77,40 +86,46 @@ def event(
     fee_refunded: bool | None = None,
     error: tuple[str, str] | None = None,
     recovered: bool = False,
-) -> dict[str, Any]:
-    """The result event (see ``worker.contract.ResultEvent``)."""
-    return {
-        "request_id": message.request_id,
-        "provider": message.field("provider"),
-        "action": message.field("action"),
-        "reference": message.field("reference"),
-        "source": message.field("source") or ("api" if message.request else None),
-        "outcome": outcome.value,
-        "attempts": attempts,
-        "http_status": http_status,
-        "provider_status": provider_status,
-        "fee_refunded": fee_refunded,
-        "error": {"code": error[0], "message": error[1]} if error else None,
-        "occurred_at": utc_now_iso(),
-        "requested_by": message.field("requested_by"),
-        "task_id": message.task_id,
-        "recovered": recovered,
-    }
+) -> ResultEvent:
+    """The result event, built as the model its published JSON Schema comes from
+    (``idvcancel schema``), so what the stream gets cannot drift from what it says."""
+    return ResultEvent(
+        request_id=message.request_id,
+        provider=message.field("provider"),
+        action=message.field("action"),
+        reference=message.field("reference"),
+        source=message.field("source") or ("api" if message.request else None),
+        outcome=outcome,
+        attempts=attempts,
+        http_status=http_status,
+        provider_status=provider_status,
+        fee_refunded=fee_refunded,
+        error=ErrorInfo(code=error[0], message=error[1]) if error else None,
+        occurred_at=utc_now_iso(),
+        requested_by=message.field("requested_by"),
+        task_id=message.task_id,
+        recovered=recovered,
+    )
+
+
+def error_of(result: ResultEvent) -> dict[str, str] | None:
+    """The event's ``error`` as it is written (audit records and dead letters carry it too)."""
+    return result.error.model_dump() if result.error else None
 
 
 def dead_letter(
-    message: Message, result: dict[str, Any], raw: tuple[Any, ...] | None = None
+    message: Message, result: ResultEvent, raw: tuple[Any, ...] | None = None
 ) -> DeadLetter:
     """Everything needed to replay the request (or, unreadable, to inspect it)."""
     entry: dict[str, Any] = {
         "id": message.request_id or f"task:{message.task_id}",
         "request": message.request.model_dump() if message.request else None,
-        "outcome": result["outcome"],
-        "error": result["error"],
-        "attempts": result["attempts"],
-        "http_status": result["http_status"],
+        "outcome": result.outcome.value,
+        "error": error_of(result),
+        "attempts": result.attempts,
+        "http_status": result.http_status,
         "task_id": message.task_id,
-        "dead_lettered_at": result["occurred_at"],
+        "dead_lettered_at": result.occurred_at,
     }
     if message.request is None and raw is not None:
         entry["raw"] = inspectable(raw)

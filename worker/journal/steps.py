@@ -22,7 +22,7 @@ import redis
 from worker import keys, scripts
 from worker.contract import canonical_json
 from worker.journal import chain as audit
-from worker.journal.ledger import DONE
+from worker.journal.ledger import Phase
 
 #: Most steps sent in one script call (bounds how long Redis is busy with one call).
 MAX_BATCH = 256
@@ -112,7 +112,7 @@ class Journal:
         ttl = self.ledger_ttl if ledger_ttl is None else ledger_ttl
         # A finished request leaves the intake index in the same step (one ZREM, one
         # HDEL): the index holds requests in flight only, and nothing else removes them.
-        done = ledger is not None and ledger.get("phase") == DONE
+        done = ledger is not None and ledger.get("phase") == Phase.DONE
         forget = (keys.request_id_of_ledger(ledger_key) or "") if done else ""
         return _Step(ledger_key, expected_version, [
             json.dumps(ledger) if ledger is not None else "",

@@ -48,12 +48,12 @@ import redis
 
 from worker import keys, scripts
 from worker.contract import CancelRequest, Outcome, utc_now_iso
+from worker.delivery.records import AuditStep
 from worker.errors import EntryNotFound, NotReplayable
-from worker.journal.ledger import CALLING, DONE, WAITING, LedgerState
+from worker.journal import ledger
+from worker.journal.ledger import Phase
 from worker.journal.steps import Journal, Moved
 
-#: The audit step written when a dead-lettered request is sent again.
-REPLAYED = "replayed"
 #: Outcomes that leave a dead letter (the pipeline's ``DEAD_LETTERED``).
 REPLAYABLE_OUTCOMES = frozenset({Outcome.FAILED.value, Outcome.UNAUTHORIZED.value})
 
@@ -131,12 +131,12 @@ def get(client: redis.Redis, entry_id: str) -> dict[str, Any] | None:
     return None if entry is None else {"id": entry_id, **entry}
 
 
-def _replayed_record(request: Mapping[str, Any], replays: int, previous: str
+def _replayed_record(request: Mapping[str, Any], replays: int, previous: Outcome | None
                      ) -> dict[str, Any]:
     """The audit draft of a replay: the keys of ``worker.delivery.records.draft`` (no Message
     here, no task yet) plus the replay's number and the outcome it replaces."""
     return {
-        "step": REPLAYED,
+        "step": AuditStep.REPLAYED,
         "at": utc_now_iso(),
         "request_id": request["request_id"],
         "task_id": None,
@@ -147,7 +147,7 @@ def _replayed_record(request: Mapping[str, Any], replays: int, previous: str
         "action": request.get("action"),
         "reference": request.get("reference"),
         "replay": replays,
-        "previous_outcome": previous or None,
+        "previous_outcome": previous.value if previous else None,
     }
 
 
@@ -156,21 +156,18 @@ def _reset_ledger(client: redis.Redis, request: Mapping[str, Any]) -> tuple[str,
     journal = Journal(client)
     key = keys.request_ledger(str(request["request_id"]))
     while True:
-        raw: dict[str, str] = client.hgetall(key)  # type: ignore[assignment]
-        state = LedgerState.from_hash(raw)
-        replays = int(raw.get("replays") or 0)
-        if state.phase == WAITING:
+        state = ledger.read(client, key)
+        replays = state.replays
+        if state.phase == Phase.WAITING:
             return "send", False, replays  # an interrupted replay already reset it
-        if state.phase == CALLING:
+        if state.phase == Phase.CALLING:
             raise NotReplayable(
                 f"request {request['request_id']!r} is being carried out right now "
                 "(phase calling); wait for its result")
-        if state.phase == DONE and state.outcome not in REPLAYABLE_OUTCOMES:
+        if state.phase == Phase.DONE and state.outcome not in REPLAYABLE_OUTCOMES:
             return "already_done", False, replays
-        fields = {"phase": WAITING, "not_before": "0", "attempts": "0", "outcome": "",
-                  "owner": "", "lease_until": "0", "replays": str(replays + 1),
-                  # the retry deadline counts from the replay, not the first delivery
-                  "created": f"{time.time():.3f}"}
+        # the retry deadline counts from the replay, not the first delivery
+        fields = state.reset_for_replay(time.time())
         record = _replayed_record(request, replays + 1, state.outcome)
         # No ledger at all (it expired): nothing to reset, but the replay is audited.
         moved = journal.apply(key, state.version, records=[record],

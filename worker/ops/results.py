@@ -105,10 +105,10 @@ def ledger_view(client: redis.Redis, request_id: str) -> dict[str, Any] | None:
         return None
     state = LedgerState.from_hash(raw)
     return {
-        "phase": state.phase,
+        "phase": state.phase or "",
         "attempts": state.attempts,
         "outcome": state.outcome or None,
-        "replays": int(raw.get("replays") or 0),
+        "replays": state.replays,
         "http_status": state.http_status,
         "provider_status": state.provider_status,
         "lease_until": _iso(state.lease_until),
