@@ -6,6 +6,10 @@ queue every message is somebody's request, so these also end ``rejected`` with a
 result event, an audit record and a dead-letter entry (the raw body, cut short, for a
 person to inspect). Enabled by ``worker_consumer`` in ``config/celery.py``. Queue items
 that are not even a kombu envelope reach it too, wrapped by ``worker.broker.redis_transport``.
+
+Once answered, such a message is acked, never rejected (see ``settle``): on RabbitMQ a
+rejected message goes to the queue's dead-letter exchange and would come back to be
+answered a second time.
 """
 
 from __future__ import annotations
@@ -44,6 +48,36 @@ def record_unreadable(message: Any, code: str, text: str) -> None:
         pipeline().reject_unreadable(task_id, code, text, raw=body)
     except Exception:  # noqa: BLE001 - the consumer must go on; the log says what happened
         get_logger(task_id=task_id).exception("unreadable_not_recorded", error=code)
+
+
+def settle(message: Any, connection_errors: tuple[type[BaseException], ...]) -> None:
+    """Take a message that is answered on the record off the queue: ack it.
+
+    Not ``reject``, which is what Celery does with the messages it refuses: on RabbitMQ a
+    rejected message goes to the quorum queue's dead-letter exchange (``idvcancel.dead``),
+    which every worker consumes and answers as given up by the broker - a second answer
+    for one message (a ``duplicate`` audit record, or, for a body that holds a request, a
+    second result under its request id). On Redis the two are the same (kombu drops a
+    rejected message unless it is requeued)."""
+    message.ack_log_error(logger, connection_errors)
+
+
+class _AckInsteadOfReject:
+    """A message as Celery's own ``on_unknown_*``/``on_invalid_task`` see it once we have
+    answered it: their log lines and signals stay, their ``reject`` becomes ``settle``."""
+
+    def __init__(self, message: Any, connection_errors: tuple[type[BaseException], ...]):
+        self._message = message
+        self._connection_errors = connection_errors
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+    def reject_log_error(self, logger: Any, errors: Any, requeue: bool = False) -> None:
+        if requeue:  # back on the queue, unanswered: not ours to change
+            self._message.reject_log_error(logger, errors, requeue=True)
+        else:
+            settle(self._message, self._connection_errors)
 
 
 def _deliveries(message: Any) -> str:
@@ -85,15 +119,20 @@ def shape_problem(message: Any) -> str | None:
 
     Celery unpacks ``[args, kwargs, embed]`` and a few headers before our code runs; a
     message that breaks that unpacking would otherwise raise in the consumer loop and
-    stop the worker (and the next one, as it comes back). Messages that do not decode
-    are left to Celery's own decode-error path.
+    stop the worker (and the next one, as it comes back). A protocol-1 message (no
+    ``task`` header: the body is an object naming the task) that Celery unpacks but
+    cannot call - arguments that are not a list, say - is worse: the call fails inside
+    Celery's tracer, which acks it, and it is gone without a result. Messages that do
+    not decode are left to Celery's own decode-error path.
     """
     headers = getattr(message, "headers", None)
-    if not isinstance(headers, dict) or headers.get("task") != TASK_NAME:
+    if not isinstance(headers, dict):
         return None
-    timelimit = headers.get("timelimit")
-    if timelimit is not None and not (isinstance(timelimit, list | tuple)
-                                      and len(timelimit) == 2):
+    if "task" not in headers:  # where Celery looks for a protocol-1 body
+        return _protocol1_problem(message)
+    if headers.get("task") != TASK_NAME:
+        return None
+    if not _pair_or_none(headers.get("timelimit")):
         return "the timelimit header is not a pair"
     try:
         body = message.decode()
@@ -102,12 +141,34 @@ def shape_problem(message: Any) -> str | None:
     if not (isinstance(body, list | tuple) and len(body) == 3):
         return "the body is not [args, kwargs, embed]"
     args, kwargs, embed = body
+    problem = _arguments_problem(args, kwargs)
+    if problem is None and embed is not None and not isinstance(embed, dict):
+        return "the embed part of the body is not an object"
+    return problem
+
+
+def _protocol1_problem(message: Any) -> str | None:
+    try:
+        body = message.decode()
+    except Exception:  # noqa: BLE001 - Celery's on_decode_error answers these
+        return None
+    if not isinstance(body, dict) or body.get("task") != TASK_NAME:
+        return None  # not ours: Celery answers it as an unknown message or task
+    if not _pair_or_none(body.get("timelimit")):
+        return "the timelimit field is not a pair"
+    # Celery's own defaults for a protocol-1 body without them (celery.worker.strategy).
+    return _arguments_problem(body.get("args", ()), body.get("kwargs", {}))
+
+
+def _pair_or_none(value: Any) -> bool:
+    return value is None or (isinstance(value, list | tuple) and len(value) == 2)
+
+
+def _arguments_problem(args: Any, kwargs: Any) -> str | None:
     if not isinstance(args, list | tuple):
         return "the task arguments are not a list"
     if not isinstance(kwargs, dict) or "self" in kwargs:
         return "the task keyword arguments are not an object of plain names"
-    if embed is not None and not isinstance(embed, dict):
-        return "the embed part of the body is not an object"
     return None
 
 
@@ -126,7 +187,7 @@ class RecordingConsumer(Consumer):
             problem = shape_problem(message)
             if problem is not None:
                 record_unreadable(message, "invalid_task_message", problem)
-                message.reject_log_error(logger, connection_errors)
+                settle(message, connection_errors)
                 return None
             try:
                 return handler(message)
@@ -135,7 +196,8 @@ class RecordingConsumer(Consumer):
             except Exception as exc:  # noqa: BLE001 - one bad message must not stop the worker
                 record_unreadable(message, "invalid_task_message",
                                   f"Celery could not take the message ({type(exc).__name__})")
-                message.reject_log_error(logger, connection_errors)
+                if not message.acknowledged:
+                    settle(message, connection_errors)
                 return None
 
         return on_task_received
@@ -157,28 +219,31 @@ class RecordingConsumer(Consumer):
             "unreadable_envelope", reason=reason, size=len(getattr(message, "body", b"")))
         message.ack()
 
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        return tuple(getattr(self, "connection_errors", ()))
+
     def on_unknown_message(self, body: Any, message: Any) -> None:
         record_unreadable(message, "unknown_message", "not a Celery task message")
-        super().on_unknown_message(body, message)
+        super().on_unknown_message(body, _AckInsteadOfReject(message, self._connection_errors()))
 
     def on_unknown_task(self, body: Any, message: Any, exc: Exception) -> None:
         headers = getattr(message, "headers", None) or {}
         name = str(headers.get("task", "?"))[:100] if isinstance(headers, dict) else "?"
         record_unreadable(message, "unknown_task", f"no task named {name!r} on this queue")
-        connection_errors: tuple[type[BaseException], ...] = tuple(
-            getattr(self, "connection_errors", ()))
+        connection_errors = self._connection_errors()
         try:
-            super().on_unknown_task(body, message, exc)
+            super().on_unknown_task(body, _AckInsteadOfReject(message, connection_errors), exc)
         except connection_errors:
             raise
         except Exception:  # noqa: BLE001 - answered already; see below
             # Celery names a message without an id header by decoding its body, which
             # raises for a body it cannot decode: the message would be recorded a second
-            # time (a stray "duplicate") by the handler's catch-all. Reject it here.
+            # time (a stray "duplicate") by the handler's catch-all. Settle it here.
             if not message.acknowledged:
-                message.reject_log_error(logger, connection_errors)
+                settle(message, connection_errors)
 
     def on_invalid_task(self, body: Any, message: Any, exc: Exception) -> None:
         record_unreadable(message, "invalid_task_message",
                           f"the task message is invalid ({type(exc).__name__})")
-        super().on_invalid_task(body, message, exc)
+        super().on_invalid_task(body, _AckInsteadOfReject(message, self._connection_errors()),
+                                exc)
