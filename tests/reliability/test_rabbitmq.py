@@ -131,6 +131,7 @@ def test_kill_9_with_300_in_flight_loses_nothing_ten_times(rel_rabbit: RelStack)
 
 
 def _restart_mid_run(rel: RelStack, node: RabbitNode, crash: bool) -> str:
+    # Given two workers on the node, and 200 cancels under way at 200 ms each
     workers = rel.start_workers(2, concurrency=16)
     pids = [w.pid for w in workers]
     requests = rel.seeded_requests(200)
@@ -165,6 +166,9 @@ def _restart_mid_run(rel: RelStack, node: RabbitNode, crash: bool) -> str:
 def test_broker_node_restart_mid_run_loses_nothing(
         request: pytest.FixtureRequest, tmp_path: Path, own_node: RabbitNode,
         crash: bool) -> None:
+    # Given a stack on a RabbitMQ node of this test's own
+    # When the node is stopped (or killed -9) mid-run and comes back 3 s later
+    # Then the same workers reconnect and every request ends once (in the helper)
     rel = _stack(tmp_path, own_node.url)
     try:
         summary = _restart_mid_run(rel, own_node, crash)
