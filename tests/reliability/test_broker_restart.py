@@ -77,7 +77,7 @@ class Supervisor:
                 beat.start().wait_ready()
 
 
-def _run(rel: RelStack, supervisor: Supervisor, fault: Callable[[], None], label: str,
+def _run(rel: RelStack, supervisor: Supervisor, fault: Callable[[], object], label: str,
          prefix: str) -> Run:
     requests = rel.seeded_requests(REQUESTS, prefix=prefix)
     ids = [r["request_id"] for r in requests]
