@@ -2,7 +2,8 @@
 """Bootstrap for a fresh machine that has only Python 3.11+.
 
     python3 dev.py demo    # create .venv, install, run the whole job end to end
-    python3 dev.py test    # create .venv, install, run the whole test suite
+    python3 dev.py test    # create .venv, install, run the whole test suite (doctests too)
+    python3 dev.py lint    # create .venv, install, run ruff and mypy --strict
 
 Both create ``.venv`` beside this file on first use and reuse it afterwards.
 Any further arguments are passed on (``python3 dev.py test -m 'not slow'``).

@@ -22,7 +22,7 @@ import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -140,8 +140,7 @@ def _drain_with_simulator(n: int, latency_ms: float, app: str,
             procs = start_workers(env_for(server.url, sim), app=app)
             rate = drain_rate(client, lambda: int(client.xlen("idvcancel:results")), n, procs)
             memory = {f"worker{i} RSS MB": rss_mb(p.pid or 0) for i, p in enumerate(procs)}
-            memory["redis bytes/request"] = (
-                int(client.info("memory")["used_memory"]) / n)  # type: ignore[index]
+            memory["redis bytes/request"] = int(client.info("memory")["used_memory"]) / n
             for proc in procs:
                 proc.stop()
             return rate, memory
@@ -201,7 +200,9 @@ def bench_latency(n: int, rate: float) -> tuple[float, float]:
             while client.xlen("idvcancel:results") < n:
                 time.sleep(0.01)
             latencies = []
-            for entry_id, fields in client.xrange("idvcancel:results"):
+            results = cast("list[tuple[str, dict[str, str]]]",
+                           client.xrange("idvcancel:results"))
+            for entry_id, fields in results:
                 event = json.loads(fields["event"])
                 arrived = int(entry_id.split("-")[0]) / 1000
                 latencies.append((arrived - sent[event["request_id"]]) * 1000)

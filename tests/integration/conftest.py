@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -69,11 +69,15 @@ class Stack:
         return {"request_id": f"t-{uuid.uuid4().hex[:12]}", "provider": provider,
                 "action": action, "reference": reference, "requested_by": "tests", **fields}
 
+    def entries(self, stream: str) -> list[tuple[str, dict[str, str]]]:
+        """Every entry of ``stream`` (the client decodes responses: all text)."""
+        return cast("list[tuple[str, dict[str, str]]]", self.redis.xrange(stream))
+
     def events(self) -> list[dict[str, Any]]:
-        return [json.loads(f["event"]) for _, f in self.redis.xrange("idvcancel:results")]
+        return [json.loads(f["event"]) for _, f in self.entries("idvcancel:results")]
 
     def audit(self, request_id: str | None = None) -> list[dict[str, Any]]:
-        records = [json.loads(f["record"]) for _, f in self.redis.xrange("idvcancel:audit")]
+        records = [json.loads(f["record"]) for _, f in self.entries("idvcancel:audit")]
         return [r for r in records if request_id is None or r["request_id"] == request_id]
 
     def results(self, request_ids: list[str], timeout: float = 30, settle: float = 0.5

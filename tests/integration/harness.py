@@ -187,7 +187,8 @@ def _declare(producer: kombu.Producer, queue: str) -> None:
     """
     channel = producer.channel
     assert channel is not None, "producer has no channel"
-    if getattr(producer.connection.transport, "driver_type", "") == "amqp":
+    transport = getattr(producer.connection, "transport", None)
+    if getattr(transport, "driver_type", "") == "amqp":
         for declared in amqp_queues(DEFAULT_DELIVERY_LIMIT):
             declared.bind(channel).declare()
         return

@@ -18,6 +18,7 @@ from tests.integration.conftest import Stack, seed
 from tests.integration.harness import send_process
 from tests.integration.test_cli_e2e import json_lines, one_line_error, run_cli
 from worker.contract import CancelRequest
+from worker.errors import NotReplayable
 from worker.gate import breaker
 from worker.keys import request_ledger
 from worker.ops import deadletters
@@ -199,7 +200,7 @@ def test_a_request_in_flight_is_not_replayed(stack: Stack) -> None:
     rid = request["request_id"]
     stack.redis.hset(request_ledger(rid), "phase", "calling")
     producer = RecordingProducer()
-    with pytest.raises(deadletters.NotReplayable, match="phase calling"):
+    with pytest.raises(NotReplayable, match="phase calling"):
         deadletters.replay(stack.redis, producer, rid)
     assert producer.sent == [] and deadletters.get(stack.redis, rid) is not None
 

@@ -59,7 +59,7 @@ def test_signed_messages_run_and_forged_ones_are_refused_on_the_record(
     signing = {"IDVCANCEL_SIGNING_KEY": str(key), "IDVCANCEL_SIGNING_CERTIFICATE": str(cert),
                "IDVCANCEL_SIGNING_CERT_STORE": str(store / "*.pem")}
     stack.workers[0].stop()
-    stack.start_worker(**signing)
+    stack.start_worker(concurrency=16, **signing)
     # When a signed request, an unsigned one and a tampered signed one arrive
     signed = stack.request()
     seed(stack, "idpass", signed["reference"], "new")
@@ -94,7 +94,7 @@ def test_the_reconciler_pushes_signed_copies(stack: Stack, tmp_path: Path) -> No
     signing = {"IDVCANCEL_SIGNING_KEY": str(key), "IDVCANCEL_SIGNING_CERTIFICATE": str(cert),
                "IDVCANCEL_SIGNING_CERT_STORE": str(store / "*.pem")}
     stack.workers[0].stop()
-    stack.start_worker(**signing)
+    stack.start_worker(concurrency=16, **signing)
     orphan = stack.request()
     seed(stack, "idpass", orphan["reference"], "new")
     stack.redis.zadd("idvcancel:intake", {orphan["request_id"]: 1_000_000_000})

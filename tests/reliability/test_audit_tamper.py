@@ -69,11 +69,14 @@ def chain(rel: RelStack) -> list[Record]:
     return records
 
 
-def test_untouched_chain_verifies(rel: RelStack, chain: list[Record]) -> None:
+def test_verify_of_the_untouched_chain_exits_0(rel: RelStack, chain: list[Record]) -> None:
+    # Given the chain a worker wrote
+    # When an operator runs `idvcancel audit verify`
     run = verify(rel)
+    # Then it exits 0 and counts every record
     assert run.returncode == 0, run.stderr
     assert f"audit chain OK: {len(chain)} records" in run.stdout
-    # also after a faithful copy (new entry ids, same records)
+    # and so it does after a faithful copy (new entry ids, same records)
     rewrite(rel, chain)
     assert verify(rel).returncode == 0
 
@@ -128,13 +131,16 @@ CASES = [
 
 
 @pytest.mark.parametrize(("tamper", "reason"), CASES)
-def test_tampering_is_named_by_audit_verify(
+def test_verify_after_tampering_exits_1_naming_the_broken_record(
     rel: RelStack, chain: list[Record],
     tamper: Callable[[list[Record]], tuple[list[Record], int]], reason: str,
 ) -> None:
+    # Given a chain with one record edited, inserted or deleted
     records, broken_at = tamper(chain)
     ids = rewrite(rel, records)
+    # When an operator runs `idvcancel audit verify`
     run = verify(rel)
+    # Then it exits 1, naming the record at which the chain breaks, and why
     assert run.returncode == 1, run.stdout + run.stderr
     seq = records[broken_at]["seq"]
     assert f"record {ids[broken_at]} (seq {seq}," in run.stderr, run.stderr
@@ -144,8 +150,10 @@ def test_tampering_is_named_by_audit_verify(
     assert verify(rel).returncode == 0
 
 
-def test_truncating_the_tail_is_detected(rel: RelStack, chain: list[Record]) -> None:
+def test_verify_after_truncating_the_tail_exits_1(rel: RelStack, chain: list[Record]) -> None:
+    # Given a chain whose last three records were cut off (the head still names the last)
     rewrite(rel, chain[:-3])
+    # When it is verified / Then it exits 1
     run = verify(rel)
     assert run.returncode == 1, run.stdout
 
@@ -155,8 +163,9 @@ def test_truncating_the_tail_is_detected(rel: RelStack, chain: list[Record]) -> 
     "whoever can write Redis can edit a record and re-seal every record after it (and "
     "the head): verify cannot tell. A keyed MAC (HMAC with a key outside Redis) or an "
     "external anchor of the head (e.g. periodically exported to WORM storage) would"))
-def test_edit_with_the_whole_tail_resealed_is_detected(rel: RelStack,
-                                                        chain: list[Record]) -> None:
+def test_verify_after_an_edit_resealed_up_to_the_head_exits_1(rel: RelStack,
+                                                              chain: list[Record]) -> None:
+    # Given a record edited, and it, every record after it and the head re-sealed
     forged = copy.deepcopy(chain)
     forged[10]["outcome"] = "cancelled"
     for n in range(10, len(forged)):
@@ -165,4 +174,5 @@ def test_edit_with_the_whole_tail_resealed_is_detected(rel: RelStack,
         forged[n] = reseal(forged[n])
     rewrite(rel, forged)
     rel.redis.set("idvcancel:audit:head", f"{forged[-1]['seq']}:{forged[-1]['hash']}")
+    # When it is verified / Then it exits 1 (it cannot: see the xfail reason)
     assert verify(rel).returncode == 1

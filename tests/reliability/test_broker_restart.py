@@ -77,7 +77,7 @@ class Supervisor:
                 beat.start().wait_ready()
 
 
-def _run(rel: RelStack, supervisor: Supervisor, fault: Callable[[], None], label: str,
+def _run(rel: RelStack, supervisor: Supervisor, fault: Callable[[], object], label: str,
          prefix: str) -> Run:
     requests = rel.seeded_requests(REQUESTS, prefix=prefix)
     ids = [r["request_id"] for r in requests]
@@ -114,7 +114,8 @@ def _run(rel: RelStack, supervisor: Supervisor, fault: Callable[[], None], label
 
 
 @pytest.mark.slow
-def test_redis_restart_mid_run(rel: RelStack) -> None:
+def test_redis_restart_mid_run_the_same_worker_reconnects_and_loses_nothing(
+        rel: RelStack) -> None:
     # Given one worker taking 200 cancels at 200 ms each
     worker = rel.start_worker(concurrency=16)
     rel.sim_client.set_faults("idpass", latency_ms=200)
@@ -130,7 +131,8 @@ def test_redis_restart_mid_run(rel: RelStack) -> None:
 
 
 @pytest.mark.slow
-def test_redis_crash_and_5_s_outage_mid_run_ten_times(rel: RelStack) -> None:
+def test_redis_kill_9_and_5_s_down_mid_run_ten_times_loses_and_doubles_nothing(
+        rel: RelStack) -> None:
     # Given beat running the reconciler and one worker, ID Pass answering in 100 ms
     rel.start_beat()
     supervisor = Supervisor(rel, rel.start_worker(concurrency=16))

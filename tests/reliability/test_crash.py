@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import dataclass
+from typing import cast
 
 import pytest
 
@@ -79,8 +80,12 @@ def test_kill_9_mid_run_ten_times_loses_nothing_and_cancels_each_session_once(
         # (killed at another point of each run, from 20 done to 146: late in a run the
         # consumer has room to prefetch and pops all the time, kombu's window is open)
         due = 20 + 14 * run
-        wait_until(lambda ids=ids, due=due: rel.phases(ids)["done"] >= due
-                   and rel.phases(ids)["calling"] >= 4, 60, f"{due} done and calls in flight")
+
+        def due_and_in_flight(ids: list[str] = ids, due: int = due) -> bool:
+            phases = rel.phases(ids)
+            return phases["done"] >= due and phases["calling"] >= 4
+
+        wait_until(due_and_in_flight, 60, f"{due} done and calls in flight")
         # When the worker is killed -9 mid-run (its pool with it)
         worker.kill()
         killed_at = time.monotonic()
@@ -132,8 +137,9 @@ def test_messages_the_broker_lost_are_pushed_again_by_the_reconciler(rel: RelSta
     ids = [r["request_id"] for r in requests]
     rel.producer.submit_many(requests)
     # When kombu's window strikes five times: popped (BRPOP), never recorded as un-acked
-    lost = [wire.request_id_of(rel.redis.rpop("idvcancel") or "") for _ in range(5)]
-    assert all(lost) and rel.redis.hlen("unacked") == 0
+    popped = [cast("str | None", rel.redis.rpop("idvcancel")) or "" for _ in range(5)]
+    lost = [rid for rid in map(wire.request_id_of, popped) if rid]
+    assert len(lost) == 5 and rel.redis.hlen("unacked") == 0
     pushed_at = time.monotonic()
     # and a worker starts on what is left
     rel.start_worker(concurrency=8)

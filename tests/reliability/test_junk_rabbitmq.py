@@ -448,7 +448,7 @@ def generate(count: int, run_seed: int) -> list[Item]:
 
     collect()
     taken: set[str] = set()
-    items = []
+    items: list[Any] = []
     for item in drawn:
         if not item.keys() & taken and len(items) < count:
             taken |= item.keys()

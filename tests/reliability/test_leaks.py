@@ -147,10 +147,12 @@ def _found(haystack: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_no_secret_or_personal_data_leaks_on_any_path(rel: RelStack) -> None:
+def test_every_path_and_crash_read_back_leaks_no_secret_or_personal_data(
+        rel: RelStack) -> None:
+    # Given canary credentials at every provider, canary PII in every session, a worker
     env = {"IDVCANCEL_BREAKER_FAILURE_THRESHOLD": "1000"}  # 503s must not hold others
     worker = rel.start_worker(concurrency=16, **env)
-    # Phase 1: every provider, every path
+    # When requests take every path at every provider (success, each error, rules broken)
     cases = _cases(rel)
     for _, request, _ in cases:
         rel.producer.submit(request)
@@ -158,7 +160,7 @@ def test_no_secret_or_personal_data_leaks_on_any_path(rel: RelStack) -> None:
     wrong = {label: results[r["request_id"]]["outcome"] for label, r, expect in cases
              if results[r["request_id"]]["outcome"] != expect}
     assert not wrong, f"paths not taken as planned: {wrong}"
-    # Phase 2: the crash-recovery read-back, which GETs the whole session object
+    # and five more are read back after a crash mid-call (a GET of the whole object)
     for provider in ("idpass", "txcloud", "gu1", "jumio", "onespan"):
         rel.sim_client.set_faults(provider, latency_ms=2000)
     recovering = [

@@ -279,9 +279,11 @@ def _parses_bytes(raw: bytes) -> bool:
 
 
 @pytest.mark.slow
-def test_thousands_of_malformed_messages_interleaved_with_valid_ones(rel: RelStack) -> None:
+def test_thousands_of_malformed_messages_among_valid_ones_are_each_answered_once(
+        rel: RelStack) -> None:
     run_seed = int(os.environ.get("POISON_SEED", random.randrange(2**32)))
     print(f"\nPOISON_SEED={run_seed}")
+    # Given a worker, thousands of malformed messages and valid requests, shuffled
     worker = rel.start_worker(concurrency=16)
     pid = worker.pid
     malformed = generate(MALFORMED, run_seed) + huge()
@@ -362,7 +364,9 @@ SHAPES = [
 
 def _one_poison_then_a_valid_request(rel: RelStack, send_poison: Any,
                                      task_id: str) -> None:
+    # Given a running worker
     worker = rel.start_worker(concurrency=4)
+    # When the poison is sent, then a valid request
     send_poison()
     (valid,) = rel.seeded_requests(1)
     rel.producer.submit(valid)
@@ -374,6 +378,8 @@ def _one_poison_then_a_valid_request(rel: RelStack, send_poison: Any,
         return answered and valid["request_id"] in {e["request_id"] for e in rel.events()}
 
     wait_until(settled, 20, "the poison answered and the valid request done")
+    # Then the worker is still running, the poison has one rejected result and a dead
+    # letter, and the valid request is cancelled
     assert worker.is_running(), f"the worker died (exit {worker.returncode})"
     poison_events = [e for e in rel.events() if e["task_id"] == task_id]
     assert len(poison_events) == 1 and poison_events[0]["outcome"] == "rejected"
@@ -387,6 +393,7 @@ def _one_poison_then_a_valid_request(rel: RelStack, send_poison: Any,
 def test_task_message_of_any_shape_is_rejected_and_the_worker_goes_on(
     rel: RelStack, name: str, body: bytes, options: dict[str, Any],
 ) -> None:
+    # Given a task message of this shape (the steps are in the helper)
     task_id = f"shape-{name}-{uuid.uuid4().hex[:8]}"
     options = dict(options)
     content_type = options.pop("content_type", "application/json")
@@ -395,40 +402,48 @@ def test_task_message_of_any_shape_is_rejected_and_the_worker_goes_on(
     def send_poison() -> None:
         send_raw(rel.redis_url, body, content_type=content_type, headers=headers)
 
+    # When it is sent to a running worker, then a valid request
+    # Then it is rejected, dead-lettered, and the valid request still completes
     _one_poison_then_a_valid_request(rel, send_poison, task_id)
 
 
 @pytest.mark.slow
-def test_keyword_argument_named_self_is_rejected(rel: RelStack) -> None:
-    holder: dict[str, str] = {}
-
-    def send_poison() -> None:
-        holder["id"] = send_process(rel.redis_url, None, args=[], kwargs={"self": 1})
-
+def test_a_keyword_argument_named_self_is_answered_and_the_worker_goes_on(
+        rel: RelStack) -> None:
+    # Given a running worker
     worker = rel.start_worker(concurrency=4)
-    send_poison()
-    wait_until(lambda: any(e["task_id"] == holder["id"] for e in rel.events()), 20,
+    # When a task message passes a keyword argument named "self" (it would collide with
+    # the bound task's own first argument)
+    task_id = send_process(rel.redis_url, None, args=[], kwargs={"self": 1})
+    # Then it gets a result, and the worker is still running
+    wait_until(lambda: any(e["task_id"] == task_id for e in rel.events()), 20,
                "a result for the message")
     assert worker.is_running()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("where", ["reason", "request_id", "requested_by"])
-def test_lone_surrogates_are_rejected_not_lost(rel: RelStack, where: str) -> None:
+def test_a_lone_surrogate_in_a_field_is_answered_not_lost(rel: RelStack, where: str) -> None:
+    # Given a running worker
     rel.start_worker(concurrency=4, IDVCANCEL_RETRY_BASE_SECONDS="0.05")
+    # When a request carrying a lone surrogate (not encodable as UTF-8) in a field is sent
     request = {**template(), "request_id": f"sur-{uuid.uuid4().hex[:8]}"}
     request[where] = "bad \ud800 value"
     task_id = send_process(rel.redis_url, request)
+    # Then it gets a result: answered, not lost
     wait_until(lambda: any(e["task_id"] == task_id for e in rel.events()), 15,
                "a result for the message with a lone surrogate")
 
 
 @pytest.mark.slow
 def test_id_less_protocol1_messages_are_each_answered(rel: RelStack) -> None:
+    # Given a running worker
     rel.start_worker(concurrency=4)
+    # When three protocol-1 messages without a task id are sent
     bodies = [{"task": "idvcancel.process", "args": [n], "kwargs": {}} for n in (1, 2, 3)]
     for body in bodies:
         send_raw(rel.redis_url, json.dumps(body).encode())
+    # Then each gets a result, none refused as a conflict with another's request id
     wait_until(lambda: len(rel.grouped().get(None, [])) >= 3, 15, "three results")
     codes = [e["error"]["code"] for e in rel.grouped()[None]]
     assert "request_id_conflict" not in codes

@@ -107,7 +107,10 @@ def test_kill_9_with_300_in_flight_loses_nothing_ten_times(rel_rabbit: RelStack)
         requests = rel.seeded_requests(KILL_REQUESTS, prefix=f"k{run}")
         ids = [r["request_id"] for r in requests]
         rel.producer.submit_many(requests)
-        wait_until(lambda ids=ids: rel.phases(ids)["calling"] >= 8, 60, "calls in flight")
+        def calls_in_flight(ids: list[str] = ids) -> bool:
+            return rel.phases(ids)["calling"] >= 8
+
+        wait_until(calls_in_flight, 60, "calls in flight")
         # When one worker is killed -9 with its share of the 300 in flight and prefetched
         victim = next(w for w in rel.workers if w.is_running())
         in_flight = rel.phases(ids)["calling"]
@@ -131,6 +134,7 @@ def test_kill_9_with_300_in_flight_loses_nothing_ten_times(rel_rabbit: RelStack)
 
 
 def _restart_mid_run(rel: RelStack, node: RabbitNode, crash: bool) -> str:
+    # Given two workers on the node, and 200 cancels under way at 200 ms each
     workers = rel.start_workers(2, concurrency=16)
     pids = [w.pid for w in workers]
     requests = rel.seeded_requests(200)
@@ -165,6 +169,9 @@ def _restart_mid_run(rel: RelStack, node: RabbitNode, crash: bool) -> str:
 def test_broker_node_restart_mid_run_loses_nothing(
         request: pytest.FixtureRequest, tmp_path: Path, own_node: RabbitNode,
         crash: bool) -> None:
+    # Given a stack on a RabbitMQ node of this test's own
+    # When the node is stopped (or killed -9) mid-run and comes back 3 s later
+    # Then the same workers reconnect and every request ends once (in the helper)
     rel = _stack(tmp_path, own_node.url)
     try:
         summary = _restart_mid_run(rel, own_node, crash)
@@ -189,8 +196,10 @@ def test_a_message_that_kills_its_workers_ends_rejected_on_the_record(
     rel.producer.submit_many(requests)
     for round_ in range(2):
         worker = rel.start_worker(concurrency=1, **env)
-        wait_until(lambda wanted=round_ + 1: rel.phases(ids)["calling"] >= wanted, 60,
-                   "a call in flight on the doomed worker")
+        def calling(wanted: int = round_ + 1) -> bool:
+            return rel.phases(ids)["calling"] >= wanted
+
+        wait_until(calling, 60, "a call in flight on the doomed worker")
         time.sleep(0.5)  # lets the worker prefetch the others (the scenario, not a check)
         worker.kill()
         rel.workers.remove(worker)

@@ -84,12 +84,14 @@ def test_shared_limit_holds_across_two_worker_processes(rel: RelStack) -> None:
 
 @pytest.mark.parametrize("provider", ["idpass", "txcloud"])
 def test_provider_429_retry_after_is_honoured_and_counted(rel: RelStack, provider: str) -> None:
+    # Given a worker serving /metrics
     port = free_port()
     rel.start_worker(concurrency=4, IDVCANCEL_METRICS_PORT=str(port))
     status = "new" if provider == "idpass" else "pending"
     (request,) = rel.seeded_requests(1, provider=provider, status=status)
-    # Given the provider answers 429 twice, asking us to come back after 2 s
+    # and the provider answers 429 twice, asking us to come back after 2 s
     rel.sim_client.set_faults(provider, fail_next=[429, 429], retry_after=2)
+    # When the cancel is submitted
     rel.producer.submit(request)
     event = rel.wait_results([request["request_id"]], timeout=60)[request["request_id"]]
     # Then the request still ends cancelled, on the third call

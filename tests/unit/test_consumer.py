@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from celery import Celery
@@ -44,7 +44,8 @@ class Channel:
 def message(body: Any, headers: dict[str, Any] | None = None,
             content_type: str = JSON) -> Message:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return Message(body=raw, delivery_tag=1, content_type=content_type,
+    return Message(body=cast("str", raw),  # kombu types body as str; bytes is what it carries
+                   delivery_tag="1", content_type=content_type,
                    content_encoding="utf-8", headers=headers, channel=Channel(),
                    delivery_info={"exchange": "", "routing_key": "idvcancel"},
                    accept={JSON})
@@ -67,7 +68,8 @@ def handler(strategy: Strategy) -> Callable[[Message], Any]:
     consumer.on_task_message = set()
     consumer._maximum_prefetch_restored = True
     consumer.restart_count = 0
-    return consumer.create_task_handler()
+    created: Callable[[Message], Any] = consumer.create_task_handler()
+    return created
 
 
 @pytest.fixture
@@ -119,7 +121,7 @@ def test_a_refused_message_is_answered_once_and_acked_not_rejected(
     # Then it is answered once, under the id the worker names it by
     assert recorded == [(wc._message_id(msg), code)]
     # and acked: a reject would dead-letter it on RabbitMQ, to be answered again
-    assert msg.channel.done == ["ack"]
+    assert cast("Channel", msg.channel).done == ["ack"]
 
 
 @pytest.mark.parametrize(("body", "problem"), [
@@ -153,7 +155,7 @@ def test_a_callable_protocol1_message_goes_to_celery(recorded: list[tuple[str, s
     # When the consumer takes it
     handler(lambda m, payload, *args: taken.append(m))(msg)
     # Then Celery's strategy has it, and nothing is recorded, acked or rejected here
-    assert taken == [msg] and recorded == [] and msg.channel.done == []
+    assert taken == [msg] and recorded == [] and cast("Channel", msg.channel).done == []
 
 
 def test_a_requeue_by_celery_stays_a_requeue() -> None:
@@ -163,5 +165,5 @@ def test_a_requeue_by_celery_stays_a_requeue() -> None:
     # When Celery puts it back on the queue rather than dropping it
     seen.reject_log_error(wc.logger, (), requeue=True)
     # Then it is requeued (unanswered: not ours to change), and reads as the message
-    assert msg.channel.done == ["reject, requeue"]
+    assert cast("Channel", msg.channel).done == ["reject, requeue"]
     assert seen.headers == msg.headers and seen.acknowledged

@@ -1,9 +1,11 @@
-"""Jumio: its rules table, options, the exact requests per product and region, and how each
-answer is classified (httpx MockTransport)."""
+"""Jumio: its rules table, options, the host and path per product and region, and its
+start-up warnings (httpx MockTransport).
+
+What every adapter does alike (the request, 401/403/404/429/5xx, transport failures,
+missing credentials, the status read) is in test_provider_contract.py."""
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Callable
 
@@ -20,7 +22,6 @@ from worker.providers.rules import check
 
 REF = "8f0c2a4e-5b7d-4c1e-9a3f-0d2b6e8c1a57"  # 36 characters, the documented maximum
 DELETE = RULES.actions["delete"]
-BASIC = "Basic " + base64.b64encode(b"tok:sec").decode()
 HOSTS = {
     "IDVCANCEL_JUMIO_BASE_URL_US": "http://us.test/p",
     "IDVCANCEL_JUMIO_BASE_URL_EU": "http://eu.test/p",
@@ -81,11 +82,8 @@ def test_rules_table_shape() -> None:
     assert DELETE.reference_max_length == 36
 
 
-def test_check_refuses_cancel_and_long_references() -> None:
-    # Given a cancel, and a delete with a 37-character reference / Then both are refused
-    with pytest.raises(RuleViolation, match="no API to cancel") as info:
-        check(request(action="cancel"), RULES)
-    assert info.value.code == "action_not_supported"
+def test_check_refuses_a_reference_longer_than_36_characters() -> None:
+    # Given a delete with a 37-character reference / Then it is refused
     with pytest.raises(RuleViolation, match="at most 36 characters; got 37") as info:
         check(request(reference="x" * 37), RULES)
     assert info.value.code == "invalid_reference"
@@ -170,109 +168,16 @@ def test_default_settings_reach_the_documented_hosts(options: dict[str, str], ur
     assert str(seen[0].url) == url + REF
 
 
-def test_delete_sends_basic_auth_user_agent_and_accept() -> None:
-    seen, handle = recorder()
-    answer = adapter(handle).execute(request(), DELETE)
-    (sent,) = seen
-    assert sent.headers["authorization"] == BASIC
-    assert base64.b64decode(BASIC.removeprefix("Basic ")) == b"tok:sec"
-    assert sent.headers["user-agent"] == "Acme Onboarding/2.1"
-    assert sent.headers["accept"] == "application/json"
-    assert sent.content == b""
-    # And 200 (no documented body) is deleted
-    assert answer.outcome is Outcome.DELETED
-    assert answer.http_status == 200 and answer.provider_status == "DELETED"
-
-
-def test_reference_is_quoted_whole() -> None:
-    seen, handle = recorder()
-    adapter(handle).execute(request(reference="a/b?c"), DELETE)
-    assert seen[0].url.raw_path == b"/p/api/netverify/v2/scans/a%2Fb%3Fc"
-
-
-# -- answers ---------------------------------------------------------------------------
-@pytest.mark.parametrize(("status", "error_type"), [
-    (400, errors.ProviderRejected), (401, errors.Unauthorized), (403, errors.Unauthorized),
-    (404, errors.NotFound), (405, errors.ProviderRejected), (406, errors.ProviderRejected),
-    (409, errors.ProviderRejected), (429, errors.RateLimited),
-    (500, errors.ProviderServerError), (502, errors.ProviderServerError),
-    (503, errors.ProviderServerError), (504, errors.ProviderServerError),
-    (302, errors.PermanentError),
-])
-def test_answers_are_classified(status: int, error_type: type[errors.ProviderError]) -> None:
-    # Given Jumio's problem body and a Retry-After header
-    body = {"title": "Some Title", "status": status, "detail": "Some detail"}
-    _, handle = recorder(status, json=body, headers={"Retry-After": "3"})
-    # When a delete is executed / Then the answer is classified by status
-    with pytest.raises(error_type) as info:
-        adapter(handle).execute(request(), DELETE)
-    assert info.value.http_status == status
-    assert isinstance(info.value, errors.TransientError) is (status in errors.TRANSIENT_STATUSES)
-    if status != 302:
-        assert info.value.message == "Some detail"
-    if status == 429:
-        assert isinstance(info.value, errors.RateLimited) and info.value.retry_after == 3.0
-
-
-def test_documented_429_body_is_rate_limited_without_retry_after() -> None:
-    body = {"title": "Too Many Requests", "status": 429, "detail": "Request limit exceeded"}
-    _, handle = recorder(429, json=body)
-    with pytest.raises(errors.RateLimited, match="Request limit exceeded") as info:
-        adapter(handle).execute(request(), DELETE)
-    assert info.value.retry_after is None
-
-
-def test_connection_errors_and_timeouts_are_transient() -> None:
-    def refuse(_: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("refused")
-
-    def slow(_: httpx.Request) -> httpx.Response:
-        raise httpx.ReadTimeout("slow")
-
-    with pytest.raises(errors.ProviderUnreachable):
-        adapter(refuse).execute(request(), DELETE)
-    with pytest.raises(errors.ProviderTimeout):
-        adapter(slow).execute(request(), DELETE)
-
-
-@pytest.mark.parametrize(("change", "setting"), [
-    ({"jumio_user_agent": ""}, "IDVCANCEL_JUMIO_USER_AGENT"),
-    ({"jumio_user_agent": "   "}, "IDVCANCEL_JUMIO_USER_AGENT"),
-    ({"jumio_api_token": ""}, "IDVCANCEL_JUMIO_API_TOKEN"),
-    ({"jumio_api_secret": ""}, "IDVCANCEL_JUMIO_API_SECRET"),
-])
-def test_missing_configuration_is_unauthorized_without_a_call(
-    change: dict[str, str], setting: str
-) -> None:
-    # Given a worker missing one Jumio setting
-    seen, handle = recorder()
-    jumio = adapter(handle, settings(**change))
-    # When a delete or a status read is attempted / Then unauthorized names it, no call
-    with pytest.raises(errors.Unauthorized, match=setting) as info:
-        jumio.execute(request(), DELETE)
-    assert info.value.code == "missing_credentials"
-    with pytest.raises(errors.Unauthorized, match=setting):
-        jumio.read_status(request())
-    assert seen == []
-
-
 # -- recovery read -----------------------------------------------------------------------
-def test_read_status_gets_the_same_path() -> None:
+def test_read_status_gets_the_product_and_region_path_the_delete_used() -> None:
+    # Given a document deleted in the EU region
     seen, handle = recorder(200, json={"timestamp": "t", "scanReference": REF, "status": "DONE"})
+    # When its status is read back / Then it is a GET on the same host and path
     status = adapter(handle).read_status(request(options={"product": "document", "region": "eu"}))
     assert status == "DONE"
     (sent,) = seen
     assert sent.method == "GET"
     assert str(sent.url) == f"http://retrieval-eu.test/p/api/netverify/v2/documents/{REF}"
-    assert sent.headers["authorization"] == BASIC
-    assert sent.headers["user-agent"] == "Acme Onboarding/2.1"
-
-
-def test_read_status_of_a_deleted_transaction_is_not_found() -> None:
-    _, handle = recorder(404, json={"title": "Not Found", "status": 404})
-    with pytest.raises(errors.NotFound) as info:
-        adapter(handle).read_status(request())
-    assert info.value.http_status == 404
 
 
 # -- start-up ---------------------------------------------------------------------------

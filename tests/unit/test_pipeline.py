@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import httpx
@@ -75,12 +75,16 @@ def setup(fake_redis: fakeredis.FakeRedis) -> Setup:
     return build
 
 
+def entries(client: fakeredis.FakeRedis, stream: str) -> list[tuple[str, dict[str, str]]]:
+    return cast("list[tuple[str, dict[str, str]]]", client.xrange(stream))
+
+
 def events(client: fakeredis.FakeRedis) -> list[dict[str, Any]]:
-    return [json.loads(f["event"]) for _, f in client.xrange("idvcancel:results")]
+    return [json.loads(f["event"]) for _, f in entries(client, "idvcancel:results")]
 
 
 def steps(client: fakeredis.FakeRedis) -> list[str]:
-    return [json.loads(f["record"])["step"] for _, f in client.xrange("idvcancel:audit")]
+    return [json.loads(f["record"])["step"] for _, f in entries(client, "idvcancel:audit")]
 
 
 def test_transient_failures_are_retried_then_succeed(setup: Setup,

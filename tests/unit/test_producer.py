@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -33,8 +33,13 @@ def producer(redis_url: str) -> Iterator[Producer]:
 
 def queued(client: redis.Redis) -> list[dict[str, Any]]:
     """The messages waiting on queue ``idvcancel``, oldest first."""
-    raw: list[str] = client.lrange("idvcancel", 0, -1)  # type: ignore[assignment]
+    raw = cast("list[str]", client.lrange("idvcancel", 0, -1))
     return [json.loads(m) for m in reversed(raw)]
+
+
+def command_stats(client: redis.Redis) -> dict[str, dict[str, int]]:
+    """``INFO commandstats``: calls (and times) per command since the last reset."""
+    return cast("dict[str, dict[str, int]]", client.info("commandstats"))
 
 
 def test_submit_refuses_a_wrong_type_naming_the_field(
@@ -100,7 +105,7 @@ def test_submit_many_sends_in_batches_and_reports_progress(
     ids = producer.submit_many([request(n) for n in range(25)], batch_size=10,
                                on_sent=sent.append)
     # Then three multi-value pushes went out, in order, and progress followed them
-    stats: dict[str, dict[str, int]] = redis_client.info("commandstats")  # type: ignore[assignment]
+    stats = command_stats(redis_client)
     assert stats["cmdstat_lpush"]["calls"] == 3 and sent == [10, 10, 5]
     assert ids == [f"r-{n}" for n in range(25)]
     bodies = [json.loads(base64.b64decode(m["body"])) for m in queued(redis_client)]
@@ -119,7 +124,8 @@ def test_every_push_is_written_to_the_intake_index_in_the_same_step(
     finally:
         producer.close()
     # Then each is in the index with its push time and its validated request JSON
-    index = dict(redis_client.zrange("idvcancel:intake", 0, -1, withscores=True))
+    index = dict(cast("list[tuple[str, float]]",
+                      redis_client.zrange("idvcancel:intake", 0, -1, withscores=True)))
     assert index == {f"r-{n}": 1000.25 for n in range(8)}
     stored = json.loads(str(redis_client.hget("idvcancel:intake:requests", "r-0")))
     assert stored == request(0, reason="withdrawn", source="api", options={})
@@ -127,7 +133,7 @@ def test_every_push_is_written_to_the_intake_index_in_the_same_step(
     assert [m["headers"]["idvcancel_request_id"] for m in queued(redis_client)] == [
         f"r-{n}" for n in range(8)]
     # and the push and the index writes were one command each time (one script call)
-    stats: dict[str, dict[str, int]] = redis_client.info("commandstats")  # type: ignore[assignment]
+    stats = command_stats(redis_client)
     assert stats["cmdstat_lpush"]["calls"] == stats["cmdstat_zadd"]["calls"] == 4
 
 

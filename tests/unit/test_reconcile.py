@@ -14,7 +14,7 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import httpx
@@ -116,12 +116,13 @@ def reconcile(client: redis.Redis, producer: Producer, journal: Journal, now: fl
 
 
 def steps(client: redis.Redis, request_id: str) -> list[dict[str, Any]]:
-    records = [json.loads(f["record"]) for _, f in client.xrange(keys.AUDIT)]
+    entries = cast("list[tuple[str, dict[str, str]]]", client.xrange(keys.AUDIT))
+    records = [json.loads(f["record"]) for _, f in entries]
     return [r for r in records if r["request_id"] == request_id]
 
 
 def queued_ids(client: redis.Redis) -> list[str | None]:
-    raw: list[str] = client.lrange("idvcancel", 0, -1)  # type: ignore[assignment]
+    raw = cast("list[str]", client.lrange("idvcancel", 0, -1))
     return [wire.request_id_of(m) for m in raw]
 
 

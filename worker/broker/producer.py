@@ -48,7 +48,7 @@ def validate(request: CancelRequest | Mapping[str, Any], index: int | None = Non
     Examples:
         >>> validate({"request_id": 42})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        worker.broker.producer.InvalidRequest: request_id: Input should be a valid string; ...
+        worker.errors.InvalidRequest: request_id: Input should be a valid string; ...
     """
     if isinstance(request, CancelRequest):
         return request
@@ -74,7 +74,7 @@ def load_jsonl(lines: Iterable[str]) -> list[CancelRequest]:
         'r-1'
         >>> load_jsonl(["", "{not json"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        worker.broker.producer.InvalidRequest: request #2: not valid JSON: ...
+        worker.errors.InvalidRequest: request #2: not valid JSON: ...
     """
     requests = []
     for number, line in enumerate(lines, start=1):

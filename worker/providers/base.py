@@ -170,7 +170,7 @@ class ProviderAdapter(abc.ABC):
     def validate(self, request: CancelRequest) -> None:
         """Check provider-specific ``options`` before anything is claimed or called.
 
-        Raise ``worker.providers.rules.RuleViolation`` to end the request ``rejected`` (no call).
+        Raise ``worker.errors.RuleViolation`` to end the request ``rejected`` (no call).
         """
         return  # most providers take no options
 

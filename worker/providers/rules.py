@@ -86,7 +86,7 @@ def check(request: CancelRequest, rules: ProviderRules) -> ActionRule:
         >>> check(req, RULES)
         Traceback (most recent call last):
         ...
-        worker.providers.rules.RuleViolation: idpass has no API to delete a session; only: cancel
+        worker.errors.RuleViolation: idpass has no API to delete a session; only: cancel
     """
     rule = rules.actions.get(request.action)
     if rule is None:

@@ -171,7 +171,7 @@ class TrackedSession(BaseModel):
         ...     "application_id": "a-1", "status": "done"})
         Traceback (most recent call last):
         ...
-        worker.triggers.tracking.InvalidSession: request: Value error, unknown status 'done' for gu1; known: abandoned, approved, cancelled, expired, in_progress, in_review, pending, rejected
+        worker.errors.InvalidSession: request: Value error, unknown status 'done' for gu1; known: abandoned, approved, cancelled, expired, in_progress, in_review, pending, rejected
     """  # noqa: E501
 
     # Same strictness as a cancel request: unknown fields are an error, nothing coerced
@@ -207,7 +207,7 @@ def validate_session(session: TrackedSession | Mapping[str, Any]) -> TrackedSess
         ...     "status": "new"})
         Traceback (most recent call last):
         ...
-        worker.triggers.tracking.InvalidSession: provider: Input should be 'idpass', 'txcloud', 'gu1', 'jumio' or 'onespan'
+        worker.errors.InvalidSession: provider: Input should be 'idpass', 'txcloud', 'gu1', 'jumio' or 'onespan'
     """  # noqa: E501
     if isinstance(session, TrackedSession):
         return session
