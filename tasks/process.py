@@ -8,6 +8,7 @@ from typing import Any
 import redis
 from celery import Task
 from celery.exceptions import Reject
+from celery.signals import task_revoked
 
 from worker import keys
 from worker.app import app
@@ -56,6 +57,23 @@ def _internal_failures(task_id: str) -> int:
         return count
     except redis.RedisError:
         return 1
+
+
+@task_revoked.connect(weak=False)
+def _answer_expired(sender: Any = None, request: Any = None, expired: bool = False,
+                    **_: Any) -> None:
+    """Celery acks a message past its ``expires`` without running it: answer it on the
+    record instead (``rejected``, ``expired``), so nothing vanishes unanswered."""
+    if not expired or request is None or getattr(sender, "name", None) != TASK_NAME:
+        return
+    task_id = str(getattr(request, "id", "") or "")
+    args, kwargs = getattr(request, "args", None) or (), getattr(request, "kwargs", None) or {}
+    try:
+        pipeline().reject_dead(list(args), dict(kwargs), task_id or "expired",
+                               "the message arrived after the expiry its producer set"
+                               " (the expires header); it was not carried out", code="expired")
+    except Exception:  # noqa: BLE001 - a signal handler must not stop the worker; say so
+        get_logger(task_id=task_id).exception("expired_not_recorded")
 
 
 @app.task(name=TASK_NAME, bind=True, max_retries=None)

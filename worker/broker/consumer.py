@@ -80,33 +80,33 @@ class _AckInsteadOfReject:
             settle(self._message, self._connection_errors)
 
 
-def _deliveries(message: Any) -> str:
-    """How many times RabbitMQ delivered a dead-lettered message, as its ``x-death``
-    header tells (best effort: a phrase for the error text)."""
+def _death(message: Any) -> tuple[str, str]:
+    """Why RabbitMQ dead-lettered a message, from its ``x-death`` header: the error code
+    and the text of its ``rejected`` result (best effort: the delivery limit by default)."""
     headers = getattr(message, "headers", None) or {}
     deaths = headers.get("x-death") if isinstance(headers, dict) else None
-    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
-        reason = deaths[0].get("reason")
-        if reason == "delivery_limit":
-            return "its delivery limit"
-        if isinstance(reason, str | bytes):
-            return f"'{reason!s}'"[:60]
-    return "its delivery limit"
+    reason = deaths[0].get("reason") if (
+        isinstance(deaths, list) and deaths and isinstance(deaths[0], dict)) else None
+    if reason in ("expired", b"expired"):
+        return "expired", ("the message expired in the queue (the expiry its producer set)"
+                           " before a worker took it; it was not carried out")
+    return "delivery_limit", ("the broker gave this message up (its delivery limit): each"
+                              " delivery ended without an answer, as when a worker dies on"
+                              " it; it was not carried out")
 
 
 def record_dead(message: Any) -> None:
     """Answer a message RabbitMQ dead-lettered to ``idvcancel.dead``; never raises."""
     task_id = _message_id(message)
-    why = (f"the broker gave this message up ({_deliveries(message)}): each delivery ended"
-           " without an answer, as when a worker dies on it; it was not carried out")
+    code, why = _death(message)
     try:
         body = message.decode()
         if not (isinstance(body, list | tuple) and len(body) == 3
                 and isinstance(body[0], list | tuple) and isinstance(body[1], dict)):
             raise ValueError("not a task body")
-        pipeline().reject_dead(list(body[0]), dict(body[1]), task_id, why)
+        pipeline().reject_dead(list(body[0]), dict(body[1]), task_id, why, code=code)
     except Exception:  # noqa: BLE001 - unreadable as a task: answered as such below
-        record_unreadable(message, "delivery_limit", why)
+        record_unreadable(message, code, why)
 
 
 def is_dead_lettered(message: Any) -> bool:

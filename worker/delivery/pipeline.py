@@ -94,15 +94,17 @@ class Pipeline:
         return self._run(message, raw=(raw,))
 
     def reject_dead(self, args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str,
-                    why: str) -> Step:
-        """Answer a message the broker gave up on (RabbitMQ's delivery limit: its
-        deliveries kept ending without an ack, so a worker died on it again and again).
+                    why: str, code: str = "delivery_limit") -> Step:
+        """Answer a message that will not be carried out: one the broker gave up on
+        (``delivery_limit``: RabbitMQ's delivery limit, its deliveries kept ending without
+        an ack, so a worker died on it again and again) or one that arrived past the
+        ``expires`` its producer set (``expired``: Celery drops those unrun).
 
-        Nothing is carried out: the request ends ``rejected`` (``delivery_limit``) with a
-        dead letter, unless it had finished meanwhile (then this copy is a duplicate).
+        Nothing is carried out: the request ends ``rejected`` with a dead letter, unless it
+        had finished meanwhile (then this copy is a duplicate).
         """
         parsed = intake.parse(args, kwargs, task_id)
-        message = replace(parsed, error=("delivery_limit", why))
+        message = replace(parsed, error=(code, why))
         log = get_logger(request_id=message.request_id, task_id=task_id)
         while True:
             state = ledger.read(self.journal.client, message.ledger_key)
@@ -112,7 +114,7 @@ class Pipeline:
                 drafts = [] if state.version else [records.draft(AuditStep.RECEIVED, message)]
                 error = message.error
                 if state.phase == Phase.CALLING:  # say so: a call was on the wire when it died
-                    error = ("delivery_limit", why + "; a provider call was in flight when"
+                    error = (code, why + "; a provider call was in flight when"
                              " its worker died and may have taken effect: check the session"
                              " before replaying")
                 result = records.event(message, Outcome.REJECTED, attempts=state.attempts,
