@@ -10,7 +10,6 @@ case starts again from the pristine copy taken after the run.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import subprocess
@@ -22,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.reliability.conftest import RelStack
-from worker.contract import canonical_json
+from worker.audit import record_hash
 
 IDVCANCEL = Path(sys.executable).parent / "idvcancel"
 AUDIT = "idvcancel:audit"
@@ -38,7 +37,7 @@ def verify(rel: RelStack) -> subprocess.CompletedProcess[str]:
 def reseal(record: Record) -> Record:
     """What a careful forger does: recompute the record's own hash."""
     body = {k: v for k, v in record.items() if k != "hash"}
-    return {**body, "hash": hashlib.sha256(canonical_json(body).encode()).hexdigest()}
+    return {**body, "hash": record_hash(body)}
 
 
 def rewrite(rel: RelStack, records: list[Record]) -> list[str]:
