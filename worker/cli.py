@@ -395,15 +395,23 @@ def _archive_dir(given: str | None) -> str:
               metavar="[DIR]",
               help="Also walk the archive files (default dir: IDVCANCEL_AUDIT_ARCHIVE_DIR) "
                    "and then Redis as one chain from the first record.")
-def audit_verify(archive: str | None) -> None:
+@click.option("--public-key", "public_key", default=None, metavar="FILE",
+              help="Also check every signed checkpoint with this Ed25519 public key (PEM, "
+                   "from 'idvcancel audit public-key'), that the checkpoints in Redis and "
+                   "in the archive directory agree, and that the chain matches each one.")
+def audit_verify(archive: str | None, public_key: str | None) -> None:
     """Walk the audit chain; name the first broken record and exit 1 if there is one.
 
     Without --archive, the chain held in Redis is walked from the last archived record
     (idvcancel:audit:archived) on. A break in an archive file is named FILE:LINE.
+    With --public-key, the checkpoints are verified too (the archive directory is read
+    when it exists, for archived records and checkpoints.jsonl), and the first record or
+    checkpoint that does not match is named: a chain re-sealed after an edit shows.
     """
     from worker.retention import ArchiveError, verify_archive, verify_redis
 
     client = _client()
+    key = None if public_key is None else _public_key(public_key)
     directory = None if archive is None else _archive_dir(archive)
     if directory is not None and not os.path.isdir(directory):
         fail(f"no archive directory {directory!r}", EXIT_USAGE)
@@ -415,6 +423,10 @@ def audit_verify(archive: str | None) -> None:
     if report.broken is not None:
         fail(f"audit chain BROKEN after {report.count} good records: "
              f"{report.broken.describe()}")
+    if key is not None:
+        _verify_checkpoints(client, key, directory if directory is not None
+                            else _archive_dir(None), report.count)
+        return
     if directory is not None:
         click.echo(f"audit chain OK: {report.count} records ({report.in_archive} in "
                    f"{directory}, {report.in_redis} in Redis)")
@@ -423,6 +435,82 @@ def audit_verify(archive: str | None) -> None:
                    f"{report.head.describe()})")
     else:
         click.echo(f"audit chain OK: {report.count} records")
+
+
+def _public_key(path: str) -> Any:
+    from worker.checkpoints import SigningKeyError, load_public_key
+
+    try:
+        return load_public_key(path)
+    except SigningKeyError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _verify_checkpoints(client: redis.Redis, key: Any, directory: str, records: int) -> None:
+    from worker.checkpoints import CheckpointError, verify
+
+    try:
+        report = verify(client, key, directory if os.path.isdir(directory) else None)
+    except CheckpointError as exc:
+        fail(str(exc))
+    if report.broken is not None:
+        fail(f"audit checkpoints BROKEN: {report.broken}")
+    pending = (f", {report.pending} after the last one (pending until the next checkpoint)"
+               if report.pending else "")
+    click.echo(f"audit chain OK: {records} records; {report.checkpoints} signed checkpoints "
+               f"verified with key {report.key}, covering {report.covered} records"
+               f"{pending}")
+
+
+def _signer() -> Any:
+    from config.settings import get_settings
+    from worker.checkpoints import SigningKeyError, load_signer
+
+    settings = get_settings()
+    if not settings.audit_signing_key:
+        fail("IDVCANCEL_AUDIT_SIGNING_KEY is not set: the path of the Ed25519 private key "
+             "(PEM) that signs checkpoints", EXIT_USAGE)
+    try:
+        return load_signer(settings.audit_signing_key,
+                           settings.audit_signing_key_password.get_secret_value())
+    except SigningKeyError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+@audit.command("checkpoint")
+@click.option("--dir", "directory", default=None, metavar="DIR",
+              help="The audit archive directory, for checkpoints.jsonl and archived records "
+                   "(default: IDVCANCEL_AUDIT_ARCHIVE_DIR).")
+def audit_checkpoint(directory: str | None) -> None:
+    """Sign a checkpoint now covering every record since the last one (what the periodic
+    task idvcancel.checkpoint does when one is due), and print what was done as one JSON
+    object. Needs IDVCANCEL_AUDIT_SIGNING_KEY. Exit 1 when a record does not verify
+    (nothing is signed past it).
+    """
+    from config.settings import get_settings
+    from worker.checkpoints import CheckpointError, write_checkpoints
+
+    settings = get_settings()
+    signer = _signer()
+    try:
+        run = write_checkpoints(_client(), signer, origin=settings.audit_origin,
+                                archive_dir=_archive_dir(directory),
+                                max_records=settings.audit_checkpoint_records,
+                                interval_seconds=None, now=time.time())
+    except CheckpointError as exc:
+        fail(str(exc))
+    echo_json(run.summary())
+    if run.broken is not None:
+        fail(f"stopped at a record that does not verify: {run.broken}")
+
+
+@audit.command("public-key")
+def audit_public_key() -> None:
+    """Print the public key of IDVCANCEL_AUDIT_SIGNING_KEY (PEM): what a verifier needs
+    to check checkpoints and receipts."""
+    from worker.checkpoints import public_pem
+
+    click.echo(public_pem(_signer().public_key), nl=False)
 
 
 @audit.command("archive")

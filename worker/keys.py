@@ -17,6 +17,8 @@
 | ``idvcancel:track:apps:<p>`` | hash application id → ref | in-flight session per application |
 | ``idvcancel:intake`` | sorted set, score = pushed (s) | request ids pushed, not yet done |
 | ``idvcancel:intake:requests`` | hash request id → request JSON | what a resubmission sends |
+| ``idvcancel:checkpoints`` | stream, field ``checkpoint`` | signed checkpoints of the audit chain |
+| ``idvcancel:checkpoints:head`` | hash (seq, digest, hash, record_id, …) | the last checkpoint |
 
 The chain left in ``idvcancel:audit`` continues from ``idvcancel:audit:archived`` once
 older records were moved to the archive files (``worker.retention``).
@@ -27,6 +29,9 @@ The ``intake`` keys are the intake index (``worker.reconcile``): written with ev
 (``lua/transition.lua``), and the reconciler resubmits what has waited too long
 (``lua/reconcile.lua``). Its score is when the request was last pushed (or last looked
 at by the reconciler).
+The ``checkpoints`` keys belong to ``worker.checkpoints`` (``lua/checkpoint.lua``); they are
+never trimmed (one small entry per checkpoint interval, or per
+``IDVCANCEL_AUDIT_CHECKPOINT_RECORDS`` records when they come faster).
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ INTAKE = "idvcancel:intake"
 INTAKE_REQUESTS = "idvcancel:intake:requests"
 #: Prefix of request ledgers; ``request_ledger`` appends the id (the Lua scripts too).
 REQUEST_LEDGER_PREFIX = "idvcancel:req:"
+#: Signed checkpoints of the audit chain (``worker.checkpoints``) and the last one's head.
+CHECKPOINTS = "idvcancel:checkpoints"
+CHECKPOINTS_HEAD = "idvcancel:checkpoints:head"
 
 
 def request_ledger(request_id: str) -> str:
