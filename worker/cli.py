@@ -542,6 +542,82 @@ def audit_archive(older_than: float | None, directory: str | None) -> None:
         fail(f"archiving stopped at a broken record: {report.broken.describe()}")
 
 
+# -- receipts ------------------------------------------------------------------------------
+
+
+class _ReceiptGroup(click.Group):
+    """``idvcancel receipt REQUEST_ID`` (the ``show`` command) beside ``receipt verify``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["show", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_ReceiptGroup)
+def receipt() -> None:
+    """Receipts: one request's audit records with the proof that each is in the signed log.
+
+    \b
+      idvcancel receipt REQUEST_ID > receipt.json
+      idvcancel receipt verify receipt.json --public-key audit-public.pem
+    """
+
+
+@receipt.command("show")
+@click.argument("request_id")
+@click.option("--archive", "archive", default=None, metavar="DIR",
+              help="The audit archive directory, for records already archived (default: "
+                   "IDVCANCEL_AUDIT_ARCHIVE_DIR).")
+def receipt_show(request_id: str, archive: str | None) -> None:
+    """Print the receipt of REQUEST_ID: one JSON document (RFC 8785, one line) holding
+    the request (no personal data), its outcome and confirmation, every audit record of
+    it and, for each, the Merkle inclusion proof up to a signed checkpoint (or "pending
+    until the next checkpoint"). Anyone checks it offline with 'receipt verify' and the
+    public key. Exit 1 when no audit record of the request is found.
+
+    Reads the chain from its start (archive files, then Redis): fine for a person, not
+    for a script that asks about every request.
+    """
+    from worker.checkpoints import CheckpointError
+    from worker.receipts import ReceiptError, build, dumps
+
+    directory = _archive_dir(archive)
+    try:
+        document = build(_client(), request_id,
+                         directory if os.path.isdir(directory) else None)
+    except (ReceiptError, CheckpointError) as exc:
+        fail(str(exc))
+    click.echo(dumps(document).decode(), nl=False)
+    pending = sum(1 for item in document["records"] if item["proof"] is None)
+    if pending:
+        click.echo(f"idvcancel: note: {pending} record(s) pending until the next checkpoint",
+                   err=True)
+
+
+@receipt.command("verify")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--public-key", "public_key", required=True, metavar="FILE",
+              help="The audit public key (PEM, from 'idvcancel audit public-key').")
+def receipt_verify(file: str, public_key: str) -> None:
+    """Check a receipt offline: every record's hash, every proof up to its checkpoint's
+    Merkle root, every checkpoint's signature, and that the request, outcome and
+    confirmation are what the records say. Exit 0 when all of it verifies, 1 naming the
+    first thing that does not (a record still pending until the next checkpoint too).
+    """
+    from worker.receipts import verify
+
+    key = _public_key(public_key)
+    with open(file, "rb") as handle:
+        data = handle.read()
+    report = verify(data, key)
+    if report.failure is not None:
+        fail(f"receipt {file} does NOT verify: {report.failure}")
+    click.echo(f"receipt OK: request {report.request_id}, outcome {report.outcome}, "
+               f"confirmation {report.confirmation or 'none'}; {report.proven} records "
+               f"proven by {report.checkpoints} signed checkpoints")
+
+
 @main.command()
 @click.option("--batch", default="sample", show_default=True,
               help="Which sample batch to send (only 'sample' for now).")
