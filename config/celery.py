@@ -147,6 +147,14 @@ def _common(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.reconcile_interval_seconds,
                 "options": {"queue": QUEUE, "expires": settings.reconcile_interval_seconds},
             },
+            # Confirmation reads that are due (worker.confirm): a cancel or deletion that
+            # ended well is read back at the provider. Claims are leased: runs at once are
+            # safe.
+            "idvcancel-confirm": {
+                "task": "idvcancel.confirm",
+                "schedule": settings.confirm_interval_seconds,
+                "options": {"queue": QUEUE, "expires": settings.confirm_interval_seconds},
+            },
             # Signed checkpoints of the audit chain (worker.checkpoints), on the queue of
             # the process that holds IDVCANCEL_AUDIT_SIGNING_KEY. Several runs at once are
             # safe: a checkpoint is compared-and-set on the last one.

@@ -193,6 +193,13 @@ class Settings(BaseSettings):
     # ``idvcancel worker -Q idvcancel.signer`` with the key, the only process that has it.
     audit_checkpoint_queue: str = Field("idvcancel", min_length=1)
 
+    # -- confirmation: reading back that a cancel or deletion took hold (worker.confirm) --
+    # How long after a request ends cancelled or deleted its provider status is read
+    # again (a OneSpan erasure: after its grace period too).
+    confirm_after_seconds: float = Field(60.0, ge=0)
+    # How often Celery beat enqueues ``idvcancel.confirm`` (which reads what is due).
+    confirm_interval_seconds: float = Field(10.0, gt=0)
+
     @property
     def checkpoint_tick_seconds(self) -> float:
         """How often beat enqueues ``idvcancel.checkpoint``: every minute, or every

@@ -11,7 +11,8 @@ from worker.security import configure_signing
 
 configure()
 app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep",
-                                     "tasks.retention", "tasks.reconcile", "tasks.checkpoint"])
+                                     "tasks.retention", "tasks.reconcile", "tasks.checkpoint",
+                                     "tasks.confirm"])
 app.conf.update(celery_config(get_settings()))
 configure_signing(app, get_settings())
 

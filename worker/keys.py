@@ -17,6 +17,10 @@
 | ``idvcancel:track:apps:<p>`` | hash application id → ref | in-flight session per application |
 | ``idvcancel:intake`` | sorted set, score = pushed (s) | request ids pushed, not yet done |
 | ``idvcancel:intake:requests`` | hash request id → request JSON | what a resubmission sends |
+| ``idvcancel:confirm:due`` | sorted set, score = due (s) | confirmation reads to make |
+| ``idvcancel:confirm:requests`` | hash request id → JSON | what each one reads |
+| ``idvcancel:attention`` | hash request id → JSON | failed confirmations, for a person |
+| ``idvcancel:attention:index`` | sorted set, score = added (s) | the same, oldest first |
 | ``idvcancel:checkpoints`` | stream, field ``checkpoint`` | signed checkpoints of the audit chain |
 | ``idvcancel:checkpoints:head`` | hash (seq, digest, hash, record_id, …) | the last checkpoint |
 
@@ -29,6 +33,9 @@ The ``intake`` keys are the intake index (``worker.reconcile``): written with ev
 (``lua/transition.lua``), and the reconciler resubmits what has waited too long
 (``lua/reconcile.lua``). Its score is when the request was last pushed (or last looked
 at by the reconciler).
+The ``confirm`` keys belong to ``worker.confirm`` (written just before the step that ends
+a request ``cancelled`` or ``deleted``; claimed by ``lua/confirm_claim.lua``, removed once
+the confirmation is recorded), the ``attention`` keys to ``worker.attention``.
 The ``checkpoints`` keys belong to ``worker.checkpoints`` (``lua/checkpoint.lua``); they are
 never trimmed (one small entry per checkpoint interval, or per
 ``IDVCANCEL_AUDIT_CHECKPOINT_RECORDS`` records when they come faster).
@@ -53,6 +60,12 @@ REQUEST_LEDGER_PREFIX = "idvcancel:req:"
 #: Signed checkpoints of the audit chain (``worker.checkpoints``) and the last one's head.
 CHECKPOINTS = "idvcancel:checkpoints"
 CHECKPOINTS_HEAD = "idvcancel:checkpoints:head"
+#: Confirmations due (``worker.confirm``) and what each reads.
+CONFIRM_DUE = "idvcancel:confirm:due"
+CONFIRM_REQUESTS = "idvcancel:confirm:requests"
+#: Failed confirmations waiting for a person (``worker.attention``).
+ATTENTION = "idvcancel:attention"
+ATTENTION_INDEX = "idvcancel:attention:index"
 
 
 def request_ledger(request_id: str) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from config.settings import Settings
-from worker import intake, keys, ledger, records
+from worker import confirm, intake, keys, ledger, records
 from worker.contract import Outcome
 from worker.guard import Hold, ProviderGuard
 from worker.intake import Message
@@ -359,6 +359,10 @@ class Pipeline:
         step = records.REJECTED if outcome is Outcome.REJECTED else records.COMPLETED
         steps = [*drafts, records.draft(step, message, outcome=outcome.value,
                                         error=result["error"], attempts=result["attempts"])]
+        if outcome in confirm.OUTCOMES and message.request is not None:
+            # Before the step that ends it: a crash in between cannot lose the read-back.
+            confirm.schedule(self.journal.client, message.request, outcome.value,
+                             self.settings, self.clock())
         dead: DeadLetter | None = None
         if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)

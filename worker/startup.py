@@ -62,4 +62,7 @@ def _on_start(**_: Any) -> None:
     port = get_settings().metrics_port
     if port:
         serve(port, _healthy, _dead_letter_depth)
+        from worker.attention import register_gauge
+
+        register_gauge(_probe_client)
         log.info("metrics", port=port, paths=["/metrics", "/healthz"])
