@@ -337,6 +337,39 @@ def dlq_replay(request_id: str | None, replay_every: bool) -> None:
         producer.close()
 
 
+# -- needs attention ------------------------------------------------------------------------
+
+
+@main.group("attention")
+def attention_group() -> None:
+    """Requests a person must look at again: a cancel or deletion whose confirmation read
+    did not show it took hold (the result event still says what the provider answered)."""
+
+
+@attention_group.command("list")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1))
+def attention_list(limit: int) -> None:
+    """Print the requests that need attention, oldest first, one JSON object per line:
+    request id, provider, action, reference, outcome, what the confirmation read showed
+    (provider status, HTTP status, error code) and when."""
+    from worker.attention import list_entries
+
+    for entry in list_entries(_client(), limit):
+        echo_json(entry)
+
+
+@attention_group.command("forget")
+@click.argument("request_id")
+def attention_forget(request_id: str) -> None:
+    """Remove REQUEST_ID from the list once a person has dealt with it (the audit trail
+    keeps its confirmation_failed record). Exit 1 when it is not on the list."""
+    from worker.attention import forget
+
+    if not forget(_client(), request_id):
+        fail(f"{request_id!r} is not on the needs-attention list")
+    click.echo(f"forgot {request_id}")
+
+
 # -- sweep --------------------------------------------------------------------------------
 
 

@@ -27,7 +27,8 @@ COMMANDS = [
     [], ["schema"], ["worker"], ["beat"], ["demo"], ["simulate"], ["submit"], ["results"],
     ["status"], ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["sweep"], ["audit"],
     ["audit", "verify"], ["audit", "checkpoint"], ["audit", "public-key"], ["receipt"],
-    ["receipt", "show"], ["receipt", "verify"],
+    ["receipt", "show"], ["receipt", "verify"], ["attention"], ["attention", "list"],
+    ["attention", "forget"],
 ]
 
 

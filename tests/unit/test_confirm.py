@@ -250,3 +250,13 @@ def test_confirmation_settings_and_beat() -> None:
     entry = celery_config(Settings(confirm_interval_seconds=5))["beat_schedule"][
         "idvcancel-confirm"]
     assert entry["task"] == "idvcancel.confirm" and entry["schedule"] == 5
+
+
+def test_the_needs_attention_gauge_reads_the_store(fake_redis: fakeredis.FakeRedis) -> None:
+    # Given two requests that need attention
+    for rid in ("r-1", "r-2"):
+        attention.add(fake_redis, {"request_id": rid, "provider": "idpass"}, at=1.0)
+    # When the gauge is scraped
+    [family] = list(attention.AttentionDepth(lambda: attention.depth(fake_redis)).collect())
+    # Then it reports how many wait for a person
+    assert family.name == "idvcancel_needs_attention" and family.samples[0].value == 2
