@@ -36,6 +36,9 @@ class Faults:
     #: usual (200) but the session keeps showing as it was (a provider that said yes and
     #: did not do it: what a confirmation read must catch).
     keep_active: list[str] = field(default_factory=list)
+    #: Text added to every error message this provider answers (a provider that echoes
+    #: what it holds, a name or a document number, in its error text).
+    error_detail: str = ""
 
     def copy(self) -> Faults:
         return replace(
@@ -113,8 +116,15 @@ def _references(key: str, value: Any) -> list[str]:
     return list(value)
 
 
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 1000:
+        raise ValueError(f"{key} must be text of at most 1000 characters")
+    return value
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "keep_active": _references,
+    "error_detail": _text,
     "fail_reference": _per_reference,
     "stuck_reference": _stuck,
     "latency_ms": _number,
