@@ -8,6 +8,7 @@ The CLI end to end, with confirmations: tests/integration/test_confirm_e2e.py.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import fakeredis
@@ -15,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from worker import audit, keys, receipts
-from worker.checkpoints import Signer, write_checkpoints
+from worker.checkpoints import Signer, load_public_key, write_checkpoints
 from worker.contract import canonical_json
 
 REQUEST = {"request_id": "r-1", "provider": "idpass", "action": "cancel",
@@ -154,3 +155,16 @@ def test_a_reformatted_receipt_is_not_the_receipt(proven: bytes, signer: Signer)
     # Then it is refused: the receipt is its canonical bytes
     report = receipts.verify(pretty, signer.public_key)
     assert report.failure is not None and "canonical form" in report.failure
+
+
+def test_the_documented_example_verifies() -> None:
+    # Given the worked example of docs/audit.md and its key
+    docs = Path(__file__).resolve().parents[2] / "docs" / "examples"
+    key = load_public_key(str(docs / "audit-public-example.pem"))
+    # Then it verifies as the document says, and the figures it quotes are its own
+    data = (docs / "receipt-r-1.json").read_bytes()
+    report = receipts.verify(data, key)
+    assert report.failure is None and (report.proven, report.checkpoints) == (4, 1)
+    receipt = json.loads(data)
+    assert receipt["checkpoints"][0]["merkle_root"].startswith("e62a51ed")
+    assert receipt["records"][3]["proof"]["path"][0].startswith("9120e0fb")
