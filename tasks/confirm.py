@@ -30,7 +30,7 @@ def confirm(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
     confirmer = Confirmer(shared.settings, shared.journal, adapters=shared.adapters,
                           guard=shared.guard)
     try:
-        report = confirmer.drain()
+        report = confirmer.run()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Not retried: the next beat tick is a retry, and claims come back after the lease.
         log.warning("confirm_failed", error=type(exc).__name__)

@@ -37,6 +37,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -67,6 +68,11 @@ OUTCOMES = frozenset({"cancelled", "deleted"})
 LEASE_SECONDS = 300.0
 #: Most confirmations one drain claims.
 BATCH = 200
+#: Reads in flight at once in one drain (confirmations come as fast as requests end:
+#: one thread reading one after the other would fall behind).
+CONCURRENCY = 16
+#: How long one ``run`` keeps draining while whole batches are due.
+RUN_SECONDS = 60.0
 #: A provider status is kept only when it looks like one (no provider text is echoed).
 _STATUS = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 
@@ -144,16 +150,30 @@ class Confirmer:
                                   settings.retry_max_attempts)
         self._claim = self.client.register_script(_CLAIM)
 
+    def run(self, seconds: float = RUN_SECONDS) -> DrainReport:
+        """Drain batch after batch while whole batches are due, for at most ``seconds``."""
+        total = DrainReport()
+        started = time.monotonic()
+        while True:
+            report = self.drain()
+            for name, count in report.summary().items():
+                setattr(total, name, getattr(total, name) + count)
+            if report.claimed < BATCH or time.monotonic() - started > seconds:
+                return total
+
     def drain(self, limit: int = BATCH) -> DrainReport:
-        """Claim what is due now and confirm each one."""
+        """Claim what is due now and confirm each one, ``CONCURRENCY`` reads at a time."""
         now = self.clock()
         reply = self._claim(keys=[keys.CONFIRM_DUE, keys.CONFIRM_REQUESTS],
                             args=[f"{now:.3f}", f"{now + LEASE_SECONDS:.3f}", limit])
-        report = DrainReport()
-        for request_id, raw in zip(reply[::2], reply[1::2], strict=True):
-            report.claimed += 1
-            verdict = self._one(str(request_id), str(raw))
-            setattr(report, verdict, getattr(report, verdict) + 1)
+        claimed = [(str(i), str(raw)) for i, raw in zip(reply[::2], reply[1::2], strict=True)]
+        report = DrainReport(claimed=len(claimed))
+        if not claimed:
+            return report
+        with ThreadPoolExecutor(min(CONCURRENCY, len(claimed)),
+                                thread_name_prefix="confirm") as pool:
+            for verdict in pool.map(lambda pair: self._one(*pair), claimed):
+                setattr(report, verdict, getattr(report, verdict) + 1)
         return report
 
     def _one(self, request_id: str, raw: str) -> str:

@@ -260,3 +260,20 @@ def test_the_needs_attention_gauge_reads_the_store(fake_redis: fakeredis.FakeRed
     [family] = list(attention.AttentionDepth(lambda: attention.depth(fake_redis)).collect())
     # Then it reports how many wait for a person
     assert family.name == "idvcancel_needs_attention" and family.samples[0].value == 2
+
+
+def test_a_backlog_larger_than_a_batch_is_drained_in_one_run(
+        fake_redis: fakeredis.FakeRedis) -> None:
+    # Given 250 cancels confirmed due at once (more than one batch of 200)
+    pipeline, confirmer, clock = make(fake_redis, IdPassAdapter(
+        SETTINGS, transport=httpx.MockTransport(IdPass())))
+    for n in range(250):
+        run(pipeline, request_id=f"r-{n}")
+    clock.now += 61
+    # When one run drains them (reads in parallel)
+    report = confirmer.run()
+    # Then every one is confirmed, once, and the chain holds
+    assert (report.claimed, report.confirmed) == (250, 250)
+    steps = [json.loads(f["record"])["step"] for _, f in fake_redis.xrange(keys.AUDIT)]
+    assert steps.count("confirmed") == 250 and fake_redis.zcard(keys.CONFIRM_DUE) == 0
+    assert verify_stream(fake_redis)[1] is None
