@@ -382,16 +382,19 @@ def test_records_cut_off_the_end_of_a_checkpoint_are_named(
 
 def test_checkpoint_settings_have_their_defaults_and_env_names(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given no IDVCANCEL_AUDIT_* variables: no key, an hourly checkpoint of at most 10,000
     settings = Settings()
     assert (settings.audit_signing_key, settings.audit_origin,
             settings.audit_checkpoint_interval_seconds, settings.audit_checkpoint_records,
             settings.audit_checkpoint_queue) == ("", "idvcancel", 3600, 10_000, "idvcancel")
     assert settings.checkpoint_tick_seconds == 60
+    # When each is set
     monkeypatch.setenv("IDVCANCEL_AUDIT_SIGNING_KEY", "/etc/idvcancel/audit.pem")
     monkeypatch.setenv("IDVCANCEL_AUDIT_ORIGIN", "idvcancel-eu-prod")
     monkeypatch.setenv("IDVCANCEL_AUDIT_CHECKPOINT_INTERVAL_SECONDS", "30")
     monkeypatch.setenv("IDVCANCEL_AUDIT_CHECKPOINT_RECORDS", "500")
     monkeypatch.setenv("IDVCANCEL_AUDIT_CHECKPOINT_QUEUE", "idvcancel.signer")
+    # Then each is read, and beat looks as often as the interval when it is shorter
     settings = Settings()
     assert (settings.audit_signing_key, settings.audit_origin,
             settings.audit_checkpoint_interval_seconds, settings.audit_checkpoint_records,

@@ -245,8 +245,10 @@ def test_a_claimed_confirmation_is_not_claimed_twice(fake_redis: fakeredis.FakeR
 
 
 def test_confirmation_settings_and_beat() -> None:
+    # Given the defaults: read back 60 s after, beat every 10 s
     settings = Settings()
     assert (settings.confirm_after_seconds, settings.confirm_interval_seconds) == (60, 10)
+    # Then beat enqueues the drain at the interval set
     entry = celery_config(Settings(confirm_interval_seconds=5))["beat_schedule"][
         "idvcancel-confirm"]
     assert entry["task"] == "idvcancel.confirm" and entry["schedule"] == 5

@@ -59,6 +59,8 @@ def test_an_echoing_provider_leaves_no_trace(fake_redis: fakeredis.FakeRedis, st
 
 
 def test_fixed_messages_name_the_kind_and_the_status() -> None:
+    # Given provider errors whose text echoes a name and a passport number
+    # Then the kept message is ours: the kind of error, or the code's, and the status
     assert public_error(NotCancellable(ECHO, http_status=409)) == (
         "not_cancellable",
         "the provider will not cancel or delete the session in its current state (HTTP 409)")

@@ -90,6 +90,8 @@ def test_a_proof_with_a_changed_sibling_fails() -> None:
 
 
 def test_an_index_outside_the_tree_has_no_proof() -> None:
+    # Given a tree of three leaves
+    # Then leaf 3 has no proof, and no path leads from it to a root
     with pytest.raises(ValueError, match="not in a tree of 3"):
         merkle.inclusion_proof(leaves_of(3), 3)
     assert merkle.root_from_inclusion(b"x" * 32, 5, 3, []) is None

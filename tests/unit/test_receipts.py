@@ -103,7 +103,9 @@ def test_a_record_after_the_last_checkpoint_is_pending_until_the_next(
 
 
 def test_an_unknown_request_has_no_receipt(fake_redis: fakeredis.FakeRedis) -> None:
+    # Given a chain without any record of r-9
     append(fake_redis, others(2))
+    # Then it has no receipt, and the error says so
     with pytest.raises(receipts.ReceiptError, match="no audit record of request 'r-9'"):
         receipts.build(fake_redis, "r-9", None)
 
@@ -144,7 +146,9 @@ def test_what_was_changed_is_named(proven: bytes, signer: Signer, edit: Any,
 
 
 def test_a_receipt_checked_with_another_key_fails(proven: bytes) -> None:
+    # Given a verifier holding another public key than the one that signed
     other = Signer(Ed25519PrivateKey.generate())
+    # Then the receipt's checkpoint is named as signed by another key
     report = receipts.verify(proven, other.public_key)
     assert report.failure is not None and "signed by another key" in report.failure
 
