@@ -147,5 +147,22 @@ def _common(settings: Settings) -> dict[str, Any]:
                 "schedule": settings.reconcile_interval_seconds,
                 "options": {"queue": QUEUE, "expires": settings.reconcile_interval_seconds},
             },
+            # Confirmation reads that are due (worker.delivery.confirm): a cancel or deletion that
+            # ended well is read back at the provider. Claims are leased: runs at once are
+            # safe.
+            "idvcancel-confirm": {
+                "task": "idvcancel.confirm",
+                "schedule": settings.confirm_interval_seconds,
+                "options": {"queue": QUEUE, "expires": settings.confirm_interval_seconds},
+            },
+            # Signed checkpoints of the audit chain (worker.journal.checkpoints), on the queue of
+            # the process that holds IDVCANCEL_AUDIT_SIGNING_KEY. Several runs at once are
+            # safe: a checkpoint is compared-and-set on the last one.
+            "idvcancel-checkpoint": {
+                "task": "idvcancel.checkpoint",
+                "schedule": settings.checkpoint_tick_seconds,
+                "options": {"queue": settings.audit_checkpoint_queue,
+                            "expires": settings.checkpoint_tick_seconds},
+            },
         },
     }

@@ -175,6 +175,37 @@ class Settings(BaseSettings):
     # timeout (a dead worker's messages come back after one).
     reconcile_after_seconds: float | None = Field(None, gt=0)
 
+    # -- signed checkpoints of the audit chain (worker.journal.checkpoints, idvcancel.checkpoint) --
+    # Path to the Ed25519 private key (PEM) that signs checkpoints; "" = no checkpoints.
+    # Give it only to the process that signs (see audit_checkpoint_queue), not to every
+    # worker: the point is a key that the chain's writers do not hold.
+    audit_signing_key: str = ""
+    audit_signing_key_password: SecretStr = SecretStr("")
+    # This deployment's name, written into every checkpoint ("origin").
+    audit_origin: str = Field("idvcancel", min_length=1, max_length=200)
+    # At most this long between two checkpoints while records wait (beat looks every
+    # minute, or every interval when shorter).
+    audit_checkpoint_interval_seconds: float = Field(3600.0, gt=0)
+    # The most records one checkpoint covers; as many waiting make a checkpoint at once.
+    audit_checkpoint_records: int = Field(10_000, ge=1, le=1_000_000)
+    # The queue beat sends idvcancel.checkpoint to. Default: the workers' own queue
+    # (every worker then needs the key); set e.g. "idvcancel.signer" and run one
+    # ``idvcancel worker -Q idvcancel.signer`` with the key, the only process that has it.
+    audit_checkpoint_queue: str = Field("idvcancel", min_length=1)
+
+    # -- confirmation: reading back that a cancel or deletion took hold (worker.delivery.confirm) --
+    # How long after a request ends cancelled or deleted its provider status is read
+    # again (a OneSpan erasure: after its grace period too).
+    confirm_after_seconds: float = Field(60.0, ge=0)
+    # How often Celery beat enqueues ``idvcancel.confirm`` (which reads what is due).
+    confirm_interval_seconds: float = Field(10.0, gt=0)
+
+    @property
+    def checkpoint_tick_seconds(self) -> float:
+        """How often beat enqueues ``idvcancel.checkpoint``: every minute, or every
+        interval when that is shorter (the task decides whether one is due)."""
+        return min(60.0, self.audit_checkpoint_interval_seconds)
+
     @property
     def reconcile_age_seconds(self) -> float:
         """``IDVCANCEL_RECONCILE_AFTER_SECONDS``, or 3 x the visibility timeout when unset."""

@@ -21,7 +21,8 @@ from config.celery import celery_config
 from config.settings import Settings, describe_settings_error, get_settings
 
 app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep",
-                                     "tasks.retention", "tasks.reconcile"])
+                                     "tasks.retention", "tasks.reconcile", "tasks.checkpoint",
+                                     "tasks.confirm"])
 
 
 def _settings() -> tuple[Settings, str | None]:

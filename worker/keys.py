@@ -20,6 +20,12 @@
 | ``idvcancel:breaker:<p>`` | hash (state, failures, open_until, probe_until) | circuit breaker |
 | ``idvcancel:ratelimit:<p>`` | string (theoretical arrival time, ms) | rate limiter (GCRA) |
 | ``idvcancel:internal:<task_id>`` | counter, expires in a day | deliveries that hit a bug of ours |
+| ``idvcancel:confirm:due`` | sorted set, score = due (s) | confirmation reads to make |
+| ``idvcancel:confirm:requests`` | hash request id → JSON | what each one reads |
+| ``idvcancel:attention`` | hash request id → JSON | failed confirmations, for a person |
+| ``idvcancel:attention:index`` | sorted set, score = added (s) | the same, oldest first |
+| ``idvcancel:checkpoints`` | stream, field ``checkpoint`` | signed checkpoints of the audit chain |
+| ``idvcancel:checkpoints:head`` | hash (seq, digest, hash, record_id, …) | the last checkpoint |
 
 The chain left in ``idvcancel:audit`` continues from ``idvcancel:audit:archived`` once
 older records were moved to the archive files (``worker.journal.archive``).
@@ -30,6 +36,12 @@ The ``intake`` keys are the intake index (``worker.triggers.reconcile``): writte
 (``lua/transition.lua``), and the reconciler resubmits what has waited too long
 (``lua/reconcile.lua``). Its score is when the request was last pushed (or last looked
 at by the reconciler).
+The ``confirm`` keys belong to ``worker.delivery.confirm`` (written just before the step that ends
+a request ``cancelled`` or ``deleted``; claimed by ``lua/confirm_claim.lua``, removed once
+the confirmation is recorded), the ``attention`` keys to ``worker.journal.attention``.
+The ``checkpoints`` keys belong to ``worker.journal.checkpoints`` (``lua/checkpoint.lua``); they are
+never trimmed (one small entry per checkpoint interval, or per
+``IDVCANCEL_AUDIT_CHECKPOINT_RECORDS`` records when they come faster).
 """
 
 from __future__ import annotations
@@ -48,6 +60,15 @@ INTAKE = "idvcancel:intake"
 INTAKE_REQUESTS = "idvcancel:intake:requests"
 #: Prefix of request ledgers; ``request_ledger`` appends the id (the Lua scripts too).
 REQUEST_LEDGER_PREFIX = "idvcancel:req:"
+#: Signed checkpoints of the audit chain (``worker.journal.checkpoints``) and the last one's head.
+CHECKPOINTS = "idvcancel:checkpoints"
+CHECKPOINTS_HEAD = "idvcancel:checkpoints:head"
+#: Confirmations due (``worker.delivery.confirm``) and what each reads.
+CONFIRM_DUE = "idvcancel:confirm:due"
+CONFIRM_REQUESTS = "idvcancel:confirm:requests"
+#: Failed confirmations waiting for a person (``worker.journal.attention``).
+ATTENTION = "idvcancel:attention"
+ATTENTION_INDEX = "idvcancel:attention:index"
 
 
 def request_ledger(request_id: str) -> str:

@@ -35,6 +35,9 @@ TEST_ENV = {
     "IDVCANCEL_LEASE_SECONDS": "5",
     "IDVCANCEL_VISIBILITY_TIMEOUT_SECONDS": "10",
     "IDVCANCEL_JUMIO_USER_AGENT": "idv-cancel-tests/1.0",
+    # Confirmation reads due a second after a request ends (drained only where a test
+    # runs beat: tests/integration/test_confirm_e2e.py).
+    "IDVCANCEL_CONFIRM_AFTER_SECONDS": "1",
 }
 
 

@@ -26,7 +26,9 @@ IDVCANCEL = str(Path(sys.executable).with_name("idvcancel"))
 COMMANDS = [
     [], ["schema"], ["worker"], ["beat"], ["demo"], ["simulate"], ["submit"], ["results"],
     ["status"], ["dlq"], ["dlq", "list"], ["dlq", "replay"], ["sweep"], ["audit"],
-    ["audit", "verify"],
+    ["audit", "verify"], ["audit", "checkpoint"], ["audit", "public-key"], ["receipt"],
+    ["receipt", "show"], ["receipt", "verify"], ["attention"], ["attention", "list"],
+    ["attention", "forget"],
 ]
 
 

@@ -5,12 +5,15 @@ record at which the chain breaks, and exits 0 on the untouched chain.
 Redis streams cannot be edited in place, so a tamperer copies the entries to a new
 stream (one changed, added or left out) and RENAMEs it over ``idvcancel:audit``; each
 case starts again from the pristine copy taken after the run.
+
+The chain alone cannot catch a forger who re-seals every record after an edit and the
+head; a checkpoint signed with a key outside Redis (``idvcancel audit checkpoint``) can:
+``audit verify --public-key`` names it.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import subprocess
@@ -20,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.reliability.conftest import RelStack
-from worker.contract import canonical_json
+from worker.journal.chain import record_hash
 
 IDVCANCEL = Path(sys.executable).parent / "idvcancel"
 AUDIT = "idvcancel:audit"
@@ -38,7 +43,7 @@ def verify(rel: RelStack) -> subprocess.CompletedProcess[str]:
 def reseal(record: Record) -> Record:
     """What a careful forger does: recompute the record's own hash."""
     body = {k: v for k, v in record.items() if k != "hash"}
-    return {**body, "hash": hashlib.sha256(canonical_json(body).encode()).hexdigest()}
+    return {**body, "hash": record_hash(body)}
 
 
 def rewrite(rel: RelStack, records: list[Record]) -> list[str]:
@@ -158,14 +163,39 @@ def test_verify_after_truncating_the_tail_exits_1(rel: RelStack, chain: list[Rec
     assert run.returncode == 1, run.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "design limitation: the chain is an unkeyed SHA-256 chain kept in the same Redis, so "
-    "whoever can write Redis can edit a record and re-seal every record after it (and "
-    "the head): verify cannot tell. A keyed MAC (HMAC with a key outside Redis) or an "
-    "external anchor of the head (e.g. periodically exported to WORM storage) would"))
-def test_verify_after_an_edit_resealed_up_to_the_head_exits_1(rel: RelStack,
-                                                              chain: list[Record]) -> None:
-    # Given a record edited, and it, every record after it and the head re-sealed
+@pytest.fixture
+def signer_env(tmp_path: Path) -> dict[str, str]:
+    """The signer's environment: an Ed25519 key file (never in Redis) and the archive
+    directory where checkpoints.jsonl goes."""
+    key = tmp_path / "audit-signing.pem"
+    key.write_bytes(Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return {"IDVCANCEL_AUDIT_SIGNING_KEY": str(key),
+            "IDVCANCEL_AUDIT_ARCHIVE_DIR": str(tmp_path / "archive")}
+
+
+def cli(rel: RelStack, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(IDVCANCEL), *args],
+                          env={**os.environ, "IDVCANCEL_REDIS_URL": rel.redis_url, **env},
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_edit_with_the_whole_tail_resealed_is_detected(rel: RelStack, chain: list[Record],
+                                                        signer_env: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    # Given a checkpoint signed over the whole chain by the holder of the key, and the
+    # public key a verifier was given
+    signed = cli(rel, "audit", "checkpoint", env=signer_env)
+    assert signed.returncode == 0, signed.stderr
+    assert json.loads(signed.stdout)["checkpoints"][0]["seq"] == chain[-1]["seq"]
+    public = tmp_path / "audit-public.pem"
+    public.write_text(cli(rel, "audit", "public-key", env=signer_env).stdout)
+    verifier_env = {"IDVCANCEL_AUDIT_ARCHIVE_DIR": signer_env["IDVCANCEL_AUDIT_ARCHIVE_DIR"]}
+    assert cli(rel, "audit", "verify", "--public-key", str(public),
+               env=verifier_env).returncode == 0
+    # When a forger who can write Redis edits record 10 and re-seals every later record
+    # and the head
     forged = copy.deepcopy(chain)
     forged[10]["outcome"] = "cancelled"
     for n in range(10, len(forged)):
@@ -174,5 +204,10 @@ def test_verify_after_an_edit_resealed_up_to_the_head_exits_1(rel: RelStack,
         forged[n] = reseal(forged[n])
     rewrite(rel, forged)
     rel.redis.set("idvcancel:audit:head", f"{forged[-1]['seq']}:{forged[-1]['hash']}")
-    # When it is verified / Then it exits 1 (it cannot: see the xfail reason)
-    assert verify(rel).returncode == 1
+    # Then the chain alone still verifies (what the key is for) ...
+    assert verify(rel).returncode == 0
+    # ... and with the public key, the checkpoint that no longer matches is named
+    run = cli(rel, "audit", "verify", "--public-key", str(public), env=verifier_env)
+    assert run.returncode == 1, run.stdout
+    assert f"checkpoint #1 (records 1..{chain[-1]['seq']}" in run.stderr, run.stderr
+    assert "do not match its signed Merkle root" in run.stderr

@@ -5,7 +5,8 @@ The simulator is given unique canary credentials, and its sessions carry persona
 MRZ; gu1 and TXCloud echo the session metadata, seeded here with more). Every provider
 is driven through its success path, its error paths (400, 401, 403, 404, 429, 503 until
 the budget is spent, rules broken before any call) and the crash-recovery read-back
-(which GETs the full, PII-laden object). Then the worker logs, the result events, the
+(which GETs the full, PII-laden object), with every error answer's text echoing a name
+and a licence number. Then the worker logs, the result events, the
 audit records, the dead letters and every other key in Redis are searched.
 """
 
@@ -39,7 +40,9 @@ TXCLOUD_PII = ["El Amrani", "AE123456", "Mohammed", "1990-04-12", "MAREL<AMRANI"
 METADATA = {"email": "zelda.canary@example.org", "full_name": "Zelda Canary-Leakmore",
             "phone": "+61 400 123 987", "document_number": "PX-CANARY-9876543",
             "date_of_birth": "1977-07-17"}
-CANARIES = [*SECRETS, *TXCLOUD_PII, *METADATA.values()]
+#: Added to every error message the providers answer (the simulator's error_detail).
+ERROR_ECHO = "(applicant Quentin Echo-Leakwell, licence DL-CANARY-5550123)"
+CANARIES = [*SECRETS, *TXCLOUD_PII, *METADATA.values(), "Echo-Leakwell", "DL-CANARY-5550123"]
 GU1_REASON = "customer asked to stop the verification"
 JUMIO_SCAN = {"product": "scan", "region": "us"}
 JUMIO_DOCUMENT = {"product": "document", "region": "eu"}
@@ -152,7 +155,9 @@ def test_every_path_and_crash_read_back_leaks_no_secret_or_personal_data(
     # Given canary credentials at every provider, canary PII in every session, a worker
     env = {"IDVCANCEL_BREAKER_FAILURE_THRESHOLD": "1000"}  # 503s must not hold others
     worker = rel.start_worker(concurrency=16, **env)
-    # When requests take every path at every provider (success, each error, rules broken)
+    # Phase 1: every provider, every path, every error answer's text echoing personal data
+    for provider in ("idpass", "txcloud", "gu1", "jumio", "onespan"):
+        rel.sim_client.set_faults(provider, error_detail=ERROR_ECHO)
     cases = _cases(rel)
     for _, request, _ in cases:
         rel.producer.submit(request)

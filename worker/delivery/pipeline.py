@@ -18,7 +18,7 @@ from typing import Any
 from config.settings import Settings
 from worker import keys
 from worker.contract import Outcome, ResultEvent, message_digest
-from worker.delivery import intake, records
+from worker.delivery import confirm, intake, records
 from worker.delivery.intake import Message
 from worker.delivery.records import AuditStep
 from worker.delivery.retry import RetryPolicy
@@ -36,6 +36,7 @@ from worker.providers.errors import (
     ProviderError,
     TransientError,
 )
+from worker.providers.errortext import public_code, public_error, public_message, public_status
 from worker.providers.rules import ActionRule, check
 
 #: Outcomes a person must act on: their requests are also kept as dead letters.
@@ -44,6 +45,9 @@ DEAD_LETTERED = frozenset({Outcome.FAILED, Outcome.UNAUTHORIZED})
 
 class GaveUp(PermanentError):
     """Our own verdict, not the provider's: the retry budget or deadline ran out."""
+
+    #: Its message is ours (built from ``errortext``'s fixed messages): it is kept.
+    own_text = True
 
     outcome = Outcome.FAILED
 
@@ -309,7 +313,7 @@ class Pipeline:
         return records.draft(
             AuditStep.ATTEMPT, message, attempt=attempt, http_status=answer.http_status,
             duration_ms=round((time.monotonic() - started) * 1000, 1),
-            error=answer.code if isinstance(answer, ProviderError) else None,
+            error=public_code(answer) if isinstance(answer, ProviderError) else None,
         )
 
     def _transient(self, message: Message, version: int, attempt: int, exc: TransientError,
@@ -318,12 +322,12 @@ class Pipeline:
         delay = self.policy.delay(attempt, retry_after=exc.retry_after)
         past_deadline = self.clock() - created > self.settings.retry_deadline_seconds
         if delay is None or past_deadline:
-            failed = GaveUp(f"gave up after {attempt} attempts: {exc.message}", code=exc.code,
-                            http_status=exc.http_status)
+            failed = GaveUp(f"gave up after {attempt} attempts: {public_message(exc)}",
+                            code=public_code(exc), http_status=exc.http_status)
             return self._final(message, version, attempt, failed, [attempt_record], log)
         # The call may have landed although no answer came: read before calling again.
         maybe_landed = exc.may_have_landed or exc.http_status in (502, 504)
-        return self._wait(message, version, attempt, delay, exc.code, exc.http_status,
+        return self._wait(message, version, attempt, delay, public_code(exc), exc.http_status,
                           [attempt_record], log, recover=maybe_landed)
 
     def _final(self, message: Message, version: int, attempts: int,
@@ -333,12 +337,12 @@ class Pipeline:
             outcome = answer.outcome or Outcome.FAILED
             result = records.event(message, outcome, attempts=attempts,
                                    http_status=answer.http_status,
-                                   provider_status=answer.provider_status,
-                                   error=(answer.code, answer.message))
+                                   provider_status=public_status(answer.provider_status),
+                                   error=public_error(answer))
         else:
             result = records.event(message, answer.outcome, attempts=attempts,
                                    http_status=answer.http_status,
-                                   provider_status=answer.provider_status,
+                                   provider_status=public_status(answer.provider_status),
                                    fee_refunded=answer.fee_refunded, recovered=recovered)
         moved = self._finish(message, version, result, drafts, log)
         return self._settle_after_race(message, moved, log) if isinstance(moved, Moved) else moved
@@ -357,6 +361,10 @@ class Pipeline:
         steps = [*drafts, records.draft(step, message, outcome=outcome.value,
                                         error=records.error_of(result),
                                         attempts=result.attempts)]
+        if outcome in confirm.OUTCOMES and message.request is not None:
+            # Before the step that ends it: a crash in between cannot lose the read-back.
+            confirm.schedule(self.journal.client, message.request, outcome.value,
+                             self.settings, self.clock())
         dead: DeadLetter | None = None
         if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)

@@ -6,18 +6,67 @@ Each record carries ``seq``, ``prev_hash`` and ``hash`` where::
 
 and ``prev_hash`` is the previous record's ``hash`` (64 zeros for the first). Editing a
 record breaks its own hash; removing or inserting one breaks the next record's link.
+
+The canonical JSON is versioned, so that a verifier in any language can recompute it:
+records sealed now carry ``"v": 2`` and are hashed over their RFC 8785 (JCS) form;
+records without ``v`` (written before) keep the form they were sealed with, Python's
+``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``. The exact
+algorithm is in ``docs/audit.md``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import rfc8785
+
 from worker.contract import canonical_json
 
 GENESIS = "0" * 64
+#: The canonical form new records are sealed with (their ``"v"``): 2 = RFC 8785 (JCS).
+VERSION = 2
+#: The largest integer JSON carries exactly (RFC 8785 refuses larger ones).
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def record_hash(body: Mapping[str, Any]) -> str:
+    """The hex SHA-256 a record without ``"hash"`` must carry, by its ``"v"``: JCS for
+    ``v`` 2, the original Python canonical JSON for records without ``v``."""
+    if body.get("v") == VERSION:
+        return hashlib.sha256(jcs(dict(body))).hexdigest()
+    return hashlib.sha256(canonical_json(body).encode()).hexdigest()
+
+
+def jcs(value: Any) -> bytes:
+    """RFC 8785 bytes of ``value``.
+
+    A value without floats and with ASCII keys serializes the same under JCS and under
+    ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` (the same
+    string escapes, key order and integers), which is five times faster than the pure
+    Python ``rfc8785``: most records take that path. Floats (ECMAScript's number forms)
+    and anything else go through ``rfc8785`` (tests/unit/test_chain_versions.py checks
+    both give the same bytes).
+    """
+    if _plain(value):
+        return json.dumps(value, sort_keys=True, separators=(",", ":"),
+                          ensure_ascii=False).encode()
+    return rfc8785.dumps(value)
+
+
+def _plain(value: Any) -> bool:
+    if value is None or isinstance(value, str | bool):
+        return True
+    if isinstance(value, int):
+        return -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return all(_plain(v) for v in value)
+    return False
 
 
 def parse_head(head: str) -> tuple[int, str]:
@@ -34,8 +83,8 @@ def format_head(seq: int, digest: str) -> str:
 
 def seal(draft: Mapping[str, Any], seq: int, prev_hash: str) -> dict[str, Any]:
     """Link ``draft`` after ``prev_hash`` as record number ``seq``."""
-    record = {**draft, "seq": seq, "prev_hash": prev_hash}
-    record["hash"] = hashlib.sha256(canonical_json(record).encode()).hexdigest()
+    record = {**draft, "v": VERSION, "seq": seq, "prev_hash": prev_hash}
+    record["hash"] = record_hash(record)
     return record
 
 
@@ -82,7 +131,10 @@ def verify(
     for position, (record_id, record) in enumerate(records):
         seq = record.get("seq")
         body = {k: v for k, v in record.items() if k != "hash"}
-        digest = hashlib.sha256(canonical_json(body).encode()).hexdigest()
+        try:
+            digest = record_hash(body)
+        except (rfc8785.CanonicalizationError, ValueError, TypeError):
+            digest = ""  # a value JCS cannot hold (a float NaN, a huge integer): not ours
         reason = None
         if digest != record.get("hash"):
             reason = "its hash does not match its content (edited)"

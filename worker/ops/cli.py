@@ -397,16 +397,25 @@ def _archive_dir(given: str | None) -> str:
               metavar="[DIR]",
               help="Also walk the archive files (default dir: IDVCANCEL_AUDIT_ARCHIVE_DIR) "
                    "and then Redis as one chain from the first record.")
-def audit_verify(archive: str | None) -> None:
+@click.option("--public-key", "public_key", default=None, metavar="FILE",
+              help="Also check every signed checkpoint with this Ed25519 public key (PEM, "
+                   "from 'idvcancel audit public-key'), that the checkpoints in Redis and "
+                   "in the archive directory agree, and that the chain matches each one.")
+def audit_verify(archive: str | None, public_key: str | None) -> None:
     """Walk the audit chain; name the first broken record and exit 1 if there is one.
 
     Without --archive, the chain held in Redis is walked from the last archived record
     (idvcancel:audit:archived) on. A break in an archive file is named FILE:LINE.
+    With --public-key, the checkpoints are verified too (the archive directory is read
+    when it exists, for archived records and checkpoints.jsonl), and the first record or
+    checkpoint that does not match is named: a chain re-sealed after an edit shows.
     """
     from worker.errors import ArchiveError
     from worker.journal.verify import verify_archive, verify_redis
+    from worker.ops.cli_proof import load_key_or_fail, report_checkpoints
 
     client = _client()
+    key = None if public_key is None else load_key_or_fail(public_key)
     directory = None if archive is None else _archive_dir(archive)
     if directory is not None and not os.path.isdir(directory):
         fail(f"no archive directory {directory!r}", EXIT_USAGE)
@@ -418,6 +427,10 @@ def audit_verify(archive: str | None) -> None:
     if report.broken is not None:
         fail(f"audit chain BROKEN after {report.count} good records: "
              f"{report.broken.describe()}")
+    if key is not None:
+        report_checkpoints(client, key, directory if directory is not None
+                            else _archive_dir(None), report.count)
+        return
     if directory is not None:
         click.echo(f"audit chain OK: {report.count} records ({report.in_archive} in "
                    f"{directory}, {report.in_redis} in Redis)")
@@ -487,6 +500,12 @@ def simulate(host: str, port: int, autocreate: bool) -> None:
         args.append("--autocreate")
     sim_main(args)
 
+
+# The proof commands (checkpoints, receipts, needs attention) live in worker/ops/cli_proof.py
+# and are added to the groups defined above, so they are imported once the groups exist.
+from worker.ops.cli_proof import register  # noqa: E402 - needs main and audit defined
+
+register(main, audit)
 
 if __name__ == "__main__":
     main()

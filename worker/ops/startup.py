@@ -61,4 +61,7 @@ def on_ready() -> None:
     port = get_settings().metrics_port
     if port:
         serve(port, _healthy, _dead_letter_depth)
+        from worker.journal.attention import register_gauge
+
+        register_gauge(_probe_client)
         log.info("metrics", port=port, paths=["/metrics", "/healthz"])

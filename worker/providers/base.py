@@ -44,8 +44,9 @@ OptionsT = TypeVar("OptionsT", bound=BaseModel)
 #: User-Agent: it refuses library defaults).
 DEFAULT_HEADERS = {"User-Agent": "idv-cancel/1.0", "Accept": "application/json"}
 
-#: Longest provider error text we keep; provider bodies can echo personal data, so we
-#: only ever copy named error fields, and cut them short.
+#: Longest provider error text an exception holds; provider bodies can echo personal
+#: data, so we only ever copy named error fields, and cut them short. None of it is kept
+#: past the exception: results, audit and dead letters get ``worker.providers.errortext``'s words.
 MAX_ERROR_TEXT = 200
 
 

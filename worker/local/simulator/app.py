@@ -53,7 +53,11 @@ class App:
         if decision.latency > 0:
             self.stopping.wait(decision.latency)
         with self.store.lock:
+            kept = [r for r in references if r in self.store.faults(api.name).keep_active]
+            saved = self.store.snapshot(api.name, kept) if kept else None
             outcome = self.outcome(api, req, decision)
+            if saved is not None:  # answered as usual, and nothing changed
+                self.store.restore(api.name, saved)
             response = outcome.response
             if decision.kind == "timeout":
                 response = api.error(504, FAULT_MESSAGES["timeout"])

@@ -118,6 +118,13 @@ class SimulatorClient:
             current["fail_reference"] = {**current["fail_reference"], reference: statuses}
         return self.set_faults(provider, **current)
 
+    def keep_active(self, provider: str, reference: str) -> dict[str, Any]:
+        """Answer calls for ``reference`` as usual but never change its session: a cancel
+        or delete gets its 200 and the session keeps showing as it was."""
+        current = self.faults(provider)
+        current["keep_active"] = [*current["keep_active"], reference]
+        return self.set_faults(provider, **current)
+
     def faults(self, provider: str) -> dict[str, Any]:
         result: dict[str, Any] = self._call("GET", f"/faults/{quote(provider, safe='')}")
         return result

@@ -32,12 +32,19 @@ class Faults:
     fail_reference: dict[str, list[int]] = field(default_factory=dict)
     #: Per reference: a status answered to every call for that reference.
     stuck_reference: dict[str, int] = field(default_factory=dict)
+    #: References whose session no call changes: a cancel or delete is answered as
+    #: usual (200) but the session keeps showing as it was (a provider that said yes and
+    #: did not do it: what a confirmation read must catch).
+    keep_active: list[str] = field(default_factory=list)
+    #: Text added to every error message this provider answers (a provider that echoes
+    #: what it holds, a name or a document number, in its error text).
+    error_detail: str = ""
 
     def copy(self) -> Faults:
         return replace(
             self, error_statuses=list(self.error_statuses), fail_next=list(self.fail_next),
             fail_reference={k: list(v) for k, v in self.fail_reference.items()},
-            stuck_reference=dict(self.stuck_reference),
+            stuck_reference=dict(self.stuck_reference), keep_active=list(self.keep_active),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,7 +110,21 @@ def _stuck(key: str, value: Any) -> dict[str, int]:
     return {str(k): _statuses(key, [v])[0] for k, v in value.items()}
 
 
+def _references(key: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise ValueError(f"{key} must be a list of references")
+    return list(value)
+
+
+def _text(key: str, value: Any) -> str:
+    if not isinstance(value, str) or len(value) > 1000:
+        raise ValueError(f"{key} must be text of at most 1000 characters")
+    return value
+
+
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "keep_active": _references,
+    "error_detail": _text,
     "fail_reference": _per_reference,
     "stuck_reference": _stuck,
     "latency_ms": _number,

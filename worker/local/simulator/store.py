@@ -114,6 +114,34 @@ class Store:
             self._sessions.pop((provider, reference), None)
             self._gone.add((provider, reference))
 
+    def snapshot(self, provider: str, references: Sequence[str]
+                 ) -> dict[str, tuple[Session | None, bool]]:
+        """Copies of these sessions (and whether each was deleted), for ``restore``."""
+        with self.lock:
+            return {ref: (self._copy(self._sessions.get((provider, ref))),
+                          (provider, ref) in self._gone) for ref in references}
+
+    def restore(self, provider: str, saved: Mapping[str, tuple[Session | None, bool]]) -> None:
+        """Put sessions back as ``snapshot`` saw them (a call's changes undone)."""
+        with self.lock:
+            for ref, (session, gone) in saved.items():
+                key = (provider, ref)
+                if session is None:
+                    self._sessions.pop(key, None)
+                else:
+                    self._sessions[key] = session
+                if gone:
+                    self._gone.add(key)
+                else:
+                    self._gone.discard(key)
+
+    @staticmethod
+    def _copy(session: Session | None) -> Session | None:
+        if session is None:
+            return None
+        return Session(session.provider, session.reference, session.status, session.product,
+                       session.region, dict(session.metadata))
+
     def lookup(
         self,
         provider: str,

@@ -79,6 +79,9 @@ class ProviderAPI:
         retry_after: int | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> SimResponse:
+        detail = self.store.faults(self.name).error_detail
+        if detail:
+            message = f"{message} {detail}"
         headers = {}
         if status == 429 and retry_after is not None:
             headers["Retry-After"] = str(retry_after)
