@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from worker.ops import cli
+from worker.ops import cli_support as cli
 
 if TYPE_CHECKING:
     import redis
