@@ -16,7 +16,6 @@ Every figure is printed, so docs/reliability.md can quote the runs.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,13 +24,16 @@ from typing import Any
 import pytest
 
 from config.settings import Settings
-from tests.integration.harness import close_producers
-from tests.reliability.conftest import WORKER_READY_TIMEOUT, RelStack, wait_until
+from tests.reliability.conftest import (
+    WORKER_READY_TIMEOUT,
+    RelStack,
+    close_stack,
+    open_stack,
+    wait_until,
+)
 from worker.broker.producer import Producer
 from worker.local.procs import WorkerProcess
 from worker.local.rabbitmq_node import RabbitNode
-from worker.local.redis_server import RedisServer
-from worker.local.simulator.server import Simulator
 
 KILL_RUNS = 10
 KILL_REQUESTS = 300
@@ -40,30 +42,13 @@ RECOVERY_BUDGET_S = 15.0
 
 
 def _stack(tmp_path: Path, broker_url: str) -> RelStack:
-    server = RedisServer(appendonly=True, data_dir=tmp_path / "redis")
-    server.start()
-    sim = Simulator().start()
-    stack = RelStack(server, sim, tmp_path / "logs", broker_url=broker_url)
-    stack.log_dir.mkdir()
-    return stack
+    return open_stack(tmp_path, broker_url=broker_url)
 
 
 def _teardown(stack: RelStack, request: pytest.FixtureRequest) -> None:
     failed = any(getattr(request.node, f"rep_{when}", None) is not None
                  and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))
-    if failed:
-        for proc in stack.workers:
-            print(f"\n----- {proc!r} (exit {proc.returncode}) -----\n{proc.log_tail(3000)}")
-    for proc in stack.workers:
-        with contextlib.suppress(Exception):
-            proc.stop(timeout=10)
-    with contextlib.suppress(Exception):
-        stack.producer.close()
-    close_producers()
-    stack.sim_client.close()
-    stack.redis.close()
-    stack.sim.stop()
-    stack.server.cleanup()
+    close_stack(stack, show_logs=failed)
 
 
 @pytest.fixture
