@@ -91,3 +91,12 @@ def test_worker_consumes_the_queue_and_beat_runs_our_app(compose: dict[str, Any]
     assert worker.startswith("idvcancel worker") or "-Q idvcancel" in worker, worker
     beat = command_text(services["beat"])
     assert beat.startswith("idvcancel beat") or "-A worker.app beat" in beat, beat
+
+
+def test_flower_asks_for_a_login_whose_password_is_not_in_the_file(
+        compose: dict[str, Any]) -> None:
+    # Given the Flower service
+    command = command_text(compose["services"]["flower"])
+    # Then it requires basic auth, taken from the environment (compose refuses to start
+    # without it), never a password written in the file
+    assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in command

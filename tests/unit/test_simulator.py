@@ -570,3 +570,39 @@ def test_stats_flag_references_changed_twice_and_max_calls_trims(
     assert stats["duplicate_effective"] == [{"provider": "idpass", "reference": REF, "count": 2}]
     assert stats["providers"]["idpass"]["effective"] == 2
     assert [c["seq"] for c in admin.calls()] == [2]
+
+
+def test_env_form_prints_every_setting_a_worker_needs_as_shell_exports() -> None:
+    # Given the simulator started as a module with --env
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker.local.simulator", "--port", "0", "--env"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        timer = threading.Timer(10, proc.kill)
+        timer.start()
+        comment = proc.stdout.readline()
+        with Simulator() as local:  # as many lines as URLs and credentials, + the User-Agent
+            count = len(local.env()) + 1
+        lines = [proc.stdout.readline().rstrip("\n") for _ in range(count)]
+        timer.cancel()
+        # When a shell evals those lines and prints its environment
+        assert all(line.startswith("export IDVCANCEL_") for line in lines), lines
+        script = "\n".join(lines)
+        shown = subprocess.run(["sh", "-c", script + "\nenv"], capture_output=True,
+                               text=True, check=True, timeout=10).stdout
+        env = dict(line.split("=", 1) for line in shown.splitlines() if "=" in line)
+        # Then every base URL, every credential and the Jumio User-Agent are set
+        url = comment.split("listens on ")[1].split(";")[0]
+        assert env["IDVCANCEL_IDPASS_BASE_URL"] == url + "/idpass-api"
+        assert env["IDVCANCEL_JUMIO_RETRIEVAL_BASE_URL_SGP"] == url + "/jumio/retrieval-sgp"
+        assert env["IDVCANCEL_JUMIO_USER_AGENT"] == "idv-cancel local (simulator)"
+        for name in ("IDVCANCEL_IDPASS_TOKEN", "IDVCANCEL_TXCLOUD_API_KEY",
+                     "IDVCANCEL_GU1_API_KEY", "IDVCANCEL_JUMIO_API_TOKEN",
+                     "IDVCANCEL_JUMIO_API_SECRET", "IDVCANCEL_ONESPAN_TOKEN",
+                     "IDVCANCEL_ONESPAN_TENANT", "IDVCANCEL_ONESPAN_BASE_URL"):
+            assert env.get(name), name
+    finally:
+        proc.kill()
+        proc.wait()

@@ -393,13 +393,22 @@ def demo(batch: str, workers: int) -> None:
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--autocreate", is_flag=True, help="Treat unknown references as live sessions.")
-def simulate(host: str, port: int, autocreate: bool) -> None:
-    """Run the provider simulator (all five APIs) until interrupted."""
+@click.option("--env", "as_env", is_flag=True,
+              help="Print the worker's settings as shell export lines (for eval) instead of "
+                   "JSON.")
+def simulate(host: str, port: int, autocreate: bool, as_env: bool) -> None:
+    """Run the provider simulator (all five APIs) until interrupted.
+
+    It first prints the settings that point a worker at it (every base URL, credential
+    and the Jumio User-Agent): as JSON, or with --env as lines a shell can eval.
+    """
     from worker.local.simulator.server import main as sim_main
 
     args: list[str] = ["--host", host, "--port", str(port)]
     if autocreate:
         args.append("--autocreate")
+    if as_env:
+        args.append("--env")
     sim_main(args)
 
 

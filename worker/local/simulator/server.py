@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import shlex
 import signal
 import socket
 import threading
@@ -224,6 +225,32 @@ class Simulator:
         self.stop()
 
 
+#: The User-Agent a worker pointed at the simulator sends to Jumio (mandatory there).
+LOCAL_JUMIO_USER_AGENT = "idv-cancel local (simulator)"
+
+
+def worker_env(sim: Simulator) -> dict[str, str]:
+    """Everything a worker needs to talk to ``sim``: every base URL, every credential and
+    the Jumio User-Agent (without it Jumio requests end ``unauthorized``)."""
+    return {**sim.env(), "IDVCANCEL_JUMIO_USER_AGENT": LOCAL_JUMIO_USER_AGENT}
+
+
+def shell_exports(sim: Simulator) -> str:
+    """``worker_env`` as lines a POSIX shell can ``eval`` (values quoted), after a comment
+    saying where the simulator listens.
+
+    Examples:
+        >>> print(shell_exports(sim))                          # doctest: +SKIP
+        # the provider simulator listens on http://127.0.0.1:8765; eval these lines in a shell
+        export IDVCANCEL_GU1_API_KEY=gk_test_sim-gu1-key
+        ...
+    """
+    lines = [f"# the provider simulator listens on {sim.url}; eval these lines in a shell"]
+    lines += [f"export {name}={shlex.quote(value)}"
+              for name, value in sorted(worker_env(sim).items())]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print ``{"url", "env"}`` as one JSON line once listening; serve until SIGTERM/SIGINT."""
     parser = argparse.ArgumentParser(prog="python -m worker.local.simulator", description=__doc__)
@@ -233,6 +260,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="treat unknown references as sessions in a cancellable state")
     parser.add_argument("--latency-ms", type=float, default=0.0,
                         help="latency added to every provider call")
+    parser.add_argument("--env", action="store_true",
+                        help="print the worker's settings as shell export lines (eval them)"
+                             " instead of JSON")
     args = parser.parse_args(argv)
     latency = Faults(latency_ms=args.latency_ms)
     faults = {name: latency for name in PROVIDERS} if args.latency_ms else None
@@ -242,7 +272,10 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signum, lambda *_: done.set())
     sim.start()
     try:
-        print(json.dumps({"url": sim.url, "env": sim.env()}), flush=True)
+        if args.env:
+            print(shell_exports(sim), flush=True)
+        else:
+            print(json.dumps({"url": sim.url, "env": worker_env(sim)}), flush=True)
         while not done.wait(0.5):
             pass
     finally:
