@@ -8,6 +8,7 @@ operator command that cannot be done, the audit archive, and the local machinery
     IdvCancelError
     ├── InvalidInput (ValueError)          refused before anything was sent or stored
     │   ├── InvalidRequest                 a request breaks the contract (producer side)
+    │   │   └── InvalidRequests            several did (every bad line of a file)
     │   ├── InvalidSession                 a session report cannot be tracked
     │   └── RuleViolation                  a request breaks a provider's rule
     ├── BrokerError (ConnectionError)
@@ -32,8 +33,8 @@ from __future__ import annotations
 
 __all__ = [
     "ArchiveBusy", "ArchiveError", "ArchiveMismatch", "BrokerError", "DeadLetterError",
-    "EntryNotFound", "IdvCancelError", "InvalidInput", "InvalidRequest", "InvalidSession",
-    "LocalError", "NotReplayable", "PublishNotConfirmed", "RabbitNodeError",
+    "EntryNotFound", "IdvCancelError", "InvalidInput", "InvalidRequest", "InvalidRequests",
+    "InvalidSession", "LocalError", "NotReplayable", "PublishNotConfirmed", "RabbitNodeError",
     "RedisServerError", "RuleViolation", "WorkerStartError",
 ]
 
@@ -59,6 +60,18 @@ class InvalidRequest(InvalidInput):
         self.index = index
         self.reason = message
         self.fields = fields
+
+
+class InvalidRequests(InvalidRequest):
+    """Several requests of one batch break the contract; ``problems`` holds each one's
+    ``InvalidRequest`` (its ``index`` a line number for a file), in order. It is itself
+    the first of them, so code that catches ``InvalidRequest`` reads a sensible index."""
+
+    def __init__(self, problems: list[InvalidRequest]) -> None:
+        first = problems[0]
+        super().__init__(first.reason, first.index, first.fields)
+        self.problems = problems
+        self.args = ("; ".join(str(p) for p in problems),)
 
 
 class InvalidSession(InvalidInput):

@@ -192,6 +192,24 @@ def test_submit_file_with_a_bad_line_sends_nothing(stack: Stack, tmp_path: Path)
     assert stack.events() == [] and stack.redis.llen("idvcancel") == 0
 
 
+def test_submit_file_reports_every_bad_line_then_sends_nothing(stack: Stack,
+                                                              tmp_path: Path) -> None:
+    # Given a file whose lines 2 and 3 are bad (broken JSON, an unknown provider)
+    path = tmp_path / "batch.jsonl"
+    path.write_text("\n".join([json.dumps(stack.request()), "{not json",
+                               json.dumps({**stack.request(), "provider": "acme"})]))
+    # When it is submitted
+    proc = run_cli(stack, "submit", "--file", str(path))
+    # Then each bad line has its own error line, with its own number, and nothing went out
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("idvcancel: error:")]
+    assert len(errors) == 2
+    assert "line 2: not valid JSON" in errors[0] and "(column 2)" in errors[0]
+    assert "line 3: provider" in errors[1] and "nothing was sent (2 bad lines)" in errors[1]
+    time.sleep(0.5)
+    assert stack.events() == [] and stack.redis.llen("idvcancel") == 0
+
+
 def test_submit_file_from_stdin_reports_invalid_json(stack: Stack) -> None:
     proc = run_cli(stack, "submit", "--file", "-", input_text="{not json\n")
     assert proc.returncode == 2

@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from worker.broker.producer import Producer, load_jsonl, validate
-from worker.errors import InvalidRequest
+from worker.errors import InvalidRequest, InvalidRequests
 
 
 def request(n: int = 1, **fields: Any) -> dict[str, Any]:
@@ -252,3 +252,17 @@ def test_load_jsonl_names_the_line_and_field_of_an_invalid_request() -> None:
 def test_load_jsonl_refuses_a_line_that_is_not_an_object() -> None:
     with pytest.raises(InvalidRequest, match=r"request #1: a request must be a mapping"):
         load_jsonl(["[1, 2]"])
+
+
+def test_load_jsonl_reports_every_bad_line_with_its_own_number() -> None:
+    # Given a file whose lines 2 and 4 are bad in different ways, around good ones
+    lines = [json.dumps(request()), "{oops", json.dumps(request()),
+             json.dumps(request(action="erase"))]
+    # When it is loaded
+    with pytest.raises(InvalidRequests) as caught:
+        load_jsonl(lines)
+    # Then both bad lines are named, each with its own line number and what is wrong
+    assert [p.index for p in caught.value.problems] == [2, 4]
+    assert caught.value.problems[0].reason.startswith("not valid JSON: ")
+    assert caught.value.problems[0].reason.endswith("(column 2)")
+    assert "action" in caught.value.problems[1].reason

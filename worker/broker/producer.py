@@ -31,7 +31,7 @@ from worker.broker.amqp import AmqpPublisher
 from worker.broker.signing import configure_signing
 from worker.contract import QUEUE, TASK_NAME, CancelRequest
 from worker.delivery.intake import describe
-from worker.errors import InvalidRequest
+from worker.errors import InvalidRequest, InvalidRequests
 from worker.redis_client import redis_client
 
 #: Messages sent in one Redis command (one ``lua/push.lua`` call: a multi-value LPUSH
@@ -65,26 +65,35 @@ def validate(request: CancelRequest | Mapping[str, Any], index: int | None = Non
 def load_jsonl(lines: Iterable[str]) -> list[CancelRequest]:
     """Parse and validate JSON Lines (one request object a line; blank lines skipped).
 
-    Raises ``InvalidRequest`` for the first bad line, with ``index`` set to its line
-    number (1-based), so a caller can refuse the whole file before sending anything.
+    Every line is checked: if any is bad, ``InvalidRequests`` lists each bad one, with
+    ``index`` its line number (1-based), so a caller can report them all and refuse the
+    whole file before sending anything. A JSON error names its column in that line.
 
     Examples:
         >>> load_jsonl(['{"request_id": "r-1", "provider": "idpass", "action": "cancel",'
         ...             ' "reference": "ref-1", "requested_by": "ops"}'])[0].request_id
         'r-1'
-        >>> load_jsonl(["", "{not json"])  # doctest: +ELLIPSIS
+        >>> load_jsonl(["", "{not json", "[]"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
-        worker.errors.InvalidRequest: request #2: not valid JSON: ...
+        worker.errors.InvalidRequests: request #2: not valid JSON: ... (column 2); request #3: ...
     """
-    requests = []
+    requests: list[CancelRequest] = []
+    problems: list[InvalidRequest] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             value = json.loads(line)
-        except ValueError as exc:
-            raise InvalidRequest(f"not valid JSON: {exc}", number) from exc
-        requests.append(validate(value, number))
+        except json.JSONDecodeError as exc:
+            problems.append(InvalidRequest(f"not valid JSON: {exc.msg} (column {exc.colno})",
+                                           number))
+            continue
+        try:
+            requests.append(validate(value, number))
+        except InvalidRequest as exc:
+            problems.append(exc)
+    if problems:
+        raise InvalidRequests(problems)
     return requests
 
 

@@ -95,12 +95,19 @@ def _request_from_flags(flags: dict[str, Any], options: tuple[str, ...]) -> dict
 
 def _submit_file(producer: Producer, file: IO[str]) -> None:
     from worker.broker.producer import load_jsonl
-    from worker.errors import InvalidRequest
+    from worker.errors import InvalidRequests
 
     try:
         requests = load_jsonl(file)
-    except InvalidRequest as exc:
-        fail(f"{file.name}: line {exc.index}: {exc.reason}; nothing was sent", EXIT_USAGE)
+    except InvalidRequests as exc:
+        # One line per bad line, each with its own number; the last says what happened.
+        *first, last = exc.problems
+        for problem in first:
+            click.echo(f"idvcancel: error: {file.name}: line {problem.index}: {problem.reason}",
+                       err=True)
+        bad = len(exc.problems)
+        fail(f"{file.name}: line {last.index}: {last.reason}; nothing was sent"
+             + (f" ({bad} bad lines)" if bad > 1 else ""), EXIT_USAGE)
     with click.progressbar(length=len(requests), label="submitting", file=sys.stderr,
                            show_pos=True) as bar:
         producer.submit_many(requests, on_sent=bar.update)
