@@ -55,25 +55,28 @@ def draft(step: AuditStep, message: Message, **details: Any) -> dict[str, Any]:
     }
 
 
-def resubmitted(request: Mapping[str, Any], *, phase: str, waited_s: float
-                ) -> dict[str, Any]:
-    """The audit draft of a reconciler's resubmission: ``draft``'s keys (there is no
-    message, and no task yet), the ledger phase it found ("" = none) and how long the
-    request had been in the intake index since it was last pushed."""
+def request_draft(step: AuditStep, request: Mapping[str, Any], **details: Any
+                  ) -> dict[str, Any]:
+    """``draft``'s record for a step taken on a stored request (a JSON object) rather than
+    on a delivered message: there is no task yet, so ``task_id`` is None."""
     return {
-        "step": AuditStep.RESUBMITTED,
+        "step": step,
         "at": utc_now_iso(),
         "request_id": request["request_id"],
         "task_id": None,
-        "requested_by": request.get("requested_by"),
-        "source": request.get("source"),
-        "reason": request.get("reason"),
-        "provider": request.get("provider"),
-        "action": request.get("action"),
-        "reference": request.get("reference"),
-        "phase": phase or None,
-        "waited_s": round(waited_s, 3),
+        **{name: request.get(name) for name in (
+            "requested_by", "source", "reason", "provider", "action", "reference")},
+        **details,
     }
+
+
+def resubmitted(request: Mapping[str, Any], *, phase: str, waited_s: float
+                ) -> dict[str, Any]:
+    """The audit draft of a reconciler's resubmission: the ledger phase it found ("" =
+    none) and how long the request had been in the intake index since it was last
+    pushed."""
+    return request_draft(AuditStep.RESUBMITTED, request, phase=phase or None,
+                         waited_s=round(waited_s, 3))
 
 
 def event(

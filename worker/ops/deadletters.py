@@ -47,7 +47,8 @@ from typing import Any, Literal, Protocol
 import redis
 
 from worker import keys, scripts
-from worker.contract import CancelRequest, Outcome, utc_now_iso
+from worker.contract import CancelRequest, Outcome
+from worker.delivery import records
 from worker.delivery.records import AuditStep
 from worker.errors import EntryNotFound, NotReplayable
 from worker.journal import ledger
@@ -133,22 +134,9 @@ def get(client: redis.Redis, entry_id: str) -> dict[str, Any] | None:
 
 def _replayed_record(request: Mapping[str, Any], replays: int, previous: Outcome | None
                      ) -> dict[str, Any]:
-    """The audit draft of a replay: the keys of ``worker.delivery.records.draft`` (no Message
-    here, no task yet) plus the replay's number and the outcome it replaces."""
-    return {
-        "step": AuditStep.REPLAYED,
-        "at": utc_now_iso(),
-        "request_id": request["request_id"],
-        "task_id": None,
-        "requested_by": request.get("requested_by"),
-        "source": request.get("source"),
-        "reason": request.get("reason"),
-        "provider": request.get("provider"),
-        "action": request.get("action"),
-        "reference": request.get("reference"),
-        "replay": replays,
-        "previous_outcome": previous.value if previous else None,
-    }
+    """The audit draft of a replay: the replay's number and the outcome it replaces."""
+    return records.request_draft(AuditStep.REPLAYED, request, replay=replays,
+                                 previous_outcome=previous.value if previous else None)
 
 
 def _reset_ledger(client: redis.Redis, request: Mapping[str, Any]) -> tuple[str, bool, int]:
