@@ -22,7 +22,8 @@ operator command that cannot be done, the audit archive, and the local machinery
     └── LocalError (RuntimeError)          worker.local: what a machine without
         ├── RedisServerError               infrastructure starts for itself
         ├── RabbitNodeError
-        └── WorkerStartError
+        ├── WorkerStartError
+        └── DemoError                  the demo cannot run here (one line for a person)
 
 Each is importable from here and from the module that raises it. ``except IdvCancelError``
 catches ours and nothing else; every message is written for a person and never echoes a
@@ -32,7 +33,7 @@ request's values (a reason may hold personal data).
 from __future__ import annotations
 
 __all__ = [
-    "ArchiveBusy", "ArchiveError", "ArchiveMismatch", "BrokerError", "DeadLetterError",
+    "ArchiveBusy", "ArchiveError", "ArchiveMismatch", "BrokerError", "DeadLetterError", "DemoError",
     "EntryNotFound", "IdvCancelError", "InvalidInput", "InvalidRequest", "InvalidRequests",
     "InvalidSession", "LocalError", "NotReplayable", "PublishNotConfirmed", "RabbitNodeError",
     "RedisServerError", "RuleViolation", "WorkerStartError",
@@ -154,3 +155,8 @@ class RabbitNodeError(LocalError):
 
 class WorkerStartError(LocalError):
     """A worker exited, or did not become ready in time; the message holds its log tail."""
+
+
+class DemoError(LocalError):
+    """The demo cannot run, or stopped: Redis or the broker is out of reach, it has no
+    database of its own, a worker did not start. The message is one line, for a person."""

@@ -26,6 +26,7 @@
 | ``idvcancel:attention:index`` | sorted set, score = added (s) | the same, oldest first |
 | ``idvcancel:checkpoints`` | stream, field ``checkpoint`` | signed checkpoints of the audit chain |
 | ``idvcancel:checkpoints:head`` | hash (seq, digest, hash, record_id, …) | the last checkpoint |
+| ``idvcancel:demo:run`` | string (run id) | claims a database for one ``idvcancel demo`` run |
 
 The chain left in ``idvcancel:audit`` continues from ``idvcancel:audit:archived`` once
 older records were moved to the archive files (``worker.journal.archive``).
@@ -69,6 +70,8 @@ CONFIRM_REQUESTS = "idvcancel:confirm:requests"
 #: Failed confirmations waiting for a person (``worker.journal.attention``).
 ATTENTION = "idvcancel:attention"
 ATTENTION_INDEX = "idvcancel:attention:index"
+#: Claims a database for one demo run (``worker.local.demo_site``); deleted with the rest.
+DEMO_RUN = "idvcancel:demo:run"
 
 
 def request_ledger(request_id: str) -> str:

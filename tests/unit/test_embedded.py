@@ -17,7 +17,7 @@ from tests.integration.harness import send_process, send_raw, wait_for
 from worker.errors import RedisServerError, WorkerStartError
 from worker.local import redis_server as embedded
 from worker.local.procs import WorkerProcess
-from worker.local.redis_server import RedisServer, ensure_redis, find_redis_server, redis_ping
+from worker.local.redis_server import RedisServer, find_redis_server, redis_ping
 
 
 def _bundled_binary() -> Path:
@@ -165,7 +165,7 @@ def test_failed_start_reports_the_log(tmp_path: Path) -> None:
     assert not srv.is_running()
 
 
-# -- redis_ping / ensure_redis --------------------------------------------------------
+# -- redis_ping --------------------------------------------------------------------
 
 
 def test_redis_ping_is_false_when_nothing_listens() -> None:
@@ -174,48 +174,6 @@ def test_redis_ping_is_false_when_nothing_listens() -> None:
     # When / Then
     assert redis_ping(url, timeout=0.2) is False
     assert redis_ping("not a url") is False
-
-
-def test_ensure_redis_keeps_an_explicit_url() -> None:
-    # Given an explicit URL (even one nothing answers at)
-    url = "redis://example.invalid:6390/3"
-    # When ensure_redis is asked
-    got, srv = ensure_redis(url)
-    # Then it is returned untouched and nothing is started
-    assert got == url
-    assert srv is None
-
-
-def test_ensure_redis_uses_the_default_when_it_answers(
-    server: RedisServer, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Given the "default" address answers (pointed at our own server, not the machine's)
-    monkeypatch.setattr(embedded, "DEFAULT_REDIS_URL", server.url)
-    # When no URL is given
-    got, srv = ensure_redis(None)
-    # Then the default is used and nothing is started
-    assert (got, srv) == (server.url, None)
-
-
-def test_ensure_redis_starts_an_embedded_server_otherwise(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Given nothing answers at the "default" address
-    monkeypatch.setattr(
-        embedded, "DEFAULT_REDIS_URL", f"redis://127.0.0.1:{embedded._free_port()}/0"
-    )
-    # When no URL is given
-    got, srv = ensure_redis(None)
-    try:
-        # Then an embedded server (appendonly off) was started and answers at that URL
-        assert srv is not None
-        assert got == srv.url
-        assert srv.appendonly is False
-        assert redis_ping(got)
-    finally:
-        if srv is not None:
-            srv.cleanup()
-    assert not redis_ping(got)
 
 
 # -- WorkerProcess --------------------------------------------------------------------

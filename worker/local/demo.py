@@ -1,9 +1,10 @@
 """``idvcancel demo``: the whole job end to end on one machine, nothing preinstalled.
 
-Starts (or finds) Redis, the provider simulator and real worker processes, sends a
-sample batch chosen to reach every outcome, waits for every result event, prints them
-as a table, verifies the audit chain, and exits 0 only if every request ended as
-expected and the chain is intact.
+Where it runs (its own Redis, or its own database on ``IDVCANCEL_REDIS_URL``; its own
+folder for logs) is ``worker.local.demo_site``. It starts the provider simulator and real
+worker processes, sends a sample batch chosen to reach every outcome, waits for every
+result event, prints them as a table, verifies the audit chain, and exits 0 only if every
+request ended as expected and the chain is intact.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ from typing import Any
 import redis
 
 from worker.broker.producer import Producer
+from worker.errors import DemoError, WorkerStartError
 from worker.journal.verify import verify_stream
+from worker.local.demo_site import DemoSite
 from worker.local.procs import WorkerProcess
-from worker.local.redis_server import ensure_redis
 from worker.local.simulator.client import SimulatorClient
 from worker.local.simulator.server import Simulator
 
@@ -35,7 +37,15 @@ DEMO_ENV = {
     "IDVCANCEL_LEASE_SECONDS": "15",
     "IDVCANCEL_JUMIO_USER_AGENT": "idv-cancel demo/0.1",
     "IDVCANCEL_RATE_LIMITS": '{"txcloud": 5, "jumio": 15}',
+    # The idpass cases that fail on purpose can open idpass's breaker (five failures, in
+    # whichever order they run): it must hold the "503 x2 then ok" case back for a second,
+    # not for the production 30 s.
+    "IDVCANCEL_BREAKER_OPEN_SECONDS": "1",
+    "IDVCANCEL_BREAKER_PROBE_SECONDS": "1",
 }
+#: A worker that has not said "ready." by then is reported with its log (Redis and the
+#: broker were checked before: this is a worker that cannot start).
+WORKER_READY_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -127,23 +137,55 @@ def _print_table(rows: list[list[str]]) -> None:
             print("  ".join("-" * w for w in widths))
 
 
-def run_demo(workers: int = 1) -> int:
-    url, server = ensure_redis(os.environ.get("IDVCANCEL_REDIS_URL"))
-    print(f"redis: {url}{' (embedded)' if server else ''}")
+def run_demo(workers: int = 1, *, db: int | None = None, keep: bool = False) -> int:
+    """Run the demo where :class:`DemoSite` says (its own Redis, or its own database on
+    ``IDVCANCEL_REDIS_URL``); 0 when every request ended as expected and the chain is
+    intact. DemoError (one line) when it cannot start."""
+    site = DemoSite.open(os.environ, db=db, keep=keep)
+    try:
+        with site:
+            for line in site.lines:
+                print(line)
+            site.succeeded = _run(site, workers)
+    finally:
+        for line in site.farewell:
+            print(line)
+    return 0 if site.succeeded else 1
+
+
+def _start_workers(site: DemoSite, env: dict[str, str], count: int) -> list[WorkerProcess]:
+    procs = [WorkerProcess(env, concurrency=16, name=f"demo{i}@%h",
+                           log_path=site.log_path(f"worker-{i}")) for i in range(count)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        try:
+            proc.wait_ready(timeout=WORKER_READY_TIMEOUT_S)
+        except WorkerStartError as exc:
+            for started in procs:
+                started.stop()
+            code = proc.returncode
+            last = next((line.strip() for line in reversed(proc.log_text().splitlines())
+                         if line.strip()), "")
+            why = (f"exited with code {code} ({last[:200]})" if code is not None
+                   else f"was not ready after {WORKER_READY_TIMEOUT_S:.0f} s")
+            raise DemoError(f"worker {proc.name.split('@')[0]} {why}; its log: "
+                            f"{proc.log_path}") from exc
+    return procs
+
+
+def _run(site: DemoSite, workers: int) -> bool:
+    url = site.redis_url
     sim = Simulator().start()
     procs: list[WorkerProcess] = []
     try:
-        env = {**DEMO_ENV, **sim.base_urls(), **sim.credential_env(), "IDVCANCEL_REDIS_URL": url}
-        procs = [WorkerProcess(env, concurrency=16, name=f"demo{i}@%h") for i in range(workers)]
-        for proc in procs:
-            proc.start()
-        for proc in procs:
-            proc.wait_ready(timeout=60)
+        env = {**DEMO_ENV, **sim.base_urls(), **sim.credential_env(), **site.worker_env()}
+        procs = _start_workers(site, env, workers)
         print(f"simulator: {sim.url}; workers: {len(procs)} ready")
         run = uuid.uuid4().hex[:8]
         with SimulatorClient(sim.url) as client:
             batch = _prepare(client, run)
-        producer = Producer(url)
+        producer = Producer(url, broker_url=site.broker_url or None)
         for _case, request in batch:
             producer.submit(request)
         malformed_id = f"demo-{run}-malformed"
@@ -170,13 +212,12 @@ def run_demo(workers: int = 1) -> int:
         print(f"outcomes reached: {sorted({r.get('outcome', '?') for r in results.values()})}")
         print(f"audit chain: {count} records, " + ("intact" if broken is None
                                                  else f"BROKEN at {broken.describe()}"))
-        return 0 if ok and broken is None else 1
+        producer.close()
+        return ok and broken is None
     finally:
         for proc in procs:
             proc.stop()
         sim.stop()
-        if server is not None:
-            server.cleanup()
 
 
 def _wait(client: redis.Redis, expected: dict[str, str], timeout: float

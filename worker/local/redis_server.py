@@ -10,7 +10,8 @@ Public API:
 * :func:`find_redis_server` - path of a usable ``redis-server`` binary.
 * :class:`RedisServer` - start / stop / kill / restart one server process.
 * :func:`redis_ping` - does something answer PING at a URL?
-* :func:`ensure_redis` - the demo's policy: given URL, else local 6379, else embedded.
+
+Where the demo's Redis comes from is ``worker.local.demo_site``.
 """
 
 from __future__ import annotations
@@ -34,15 +35,12 @@ import redis
 from worker.errors import RedisServerError
 
 __all__ = [
-    "DEFAULT_REDIS_URL",
     "RedisServer",
     "RedisServerError",
-    "ensure_redis",
     "find_redis_server",
     "redis_ping",
 ]
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 LOOPBACK = "127.0.0.1"
 STARTUP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 10.0
@@ -360,22 +358,3 @@ class RedisServer:
         state = f"pid={self._proc.pid}" if self.is_running() and self._proc else "stopped"
         return (f"RedisServer({self.url}, {state}, appendonly={self.appendonly}, "
                 f"appendfsync={self.appendfsync})")
-
-
-def ensure_redis(url: str | None) -> tuple[str, RedisServer | None]:
-    """The demo's Redis policy.
-
-    * ``url`` given: use it unchanged (no server is started).
-    * Else, something answers PING at ``redis://127.0.0.1:6379/0`` within 0.5 s: use it.
-    * Else start an embedded :class:`RedisServer` (appendonly off) on a free port.
-
-    Returns ``(url, server)``; ``server`` is None unless we started one, in which case
-    the caller must stop it (``server.cleanup()``).
-    """
-    if url:
-        return url, None
-    if redis_ping(DEFAULT_REDIS_URL, timeout=0.5):
-        return DEFAULT_REDIS_URL, None
-    server = RedisServer(appendonly=False)
-    server.start()
-    return server.url, server

@@ -384,16 +384,32 @@ def audit_archive(older_than: float | None, directory: str | None) -> None:
 @click.option("--batch", default="sample", show_default=True,
               help="Which sample batch to send (only 'sample' for now).")
 @click.option("--workers", default=1, show_default=True, help="Worker processes to start.")
-def demo(batch: str, workers: int) -> None:
+@click.option("--db", type=click.IntRange(min=0), default=None, metavar="N",
+              help="With IDVCANCEL_REDIS_URL: use database N of that server (it may hold "
+                   "other keys, none of idv-cancel's). Default: the highest-numbered empty "
+                   "one.")
+@click.option("--keep", is_flag=True,
+              help="With IDVCANCEL_REDIS_URL: keep the demo's keys (and its logs) instead of "
+                   "deleting them at the end.")
+def demo(batch: str, workers: int, db: int | None, keep: bool) -> None:
     """Run the whole job end to end on this machine and print what happened.
 
-    Uses IDVCANCEL_REDIS_URL if set, else a Redis at 127.0.0.1:6379 if one answers, else
-    starts an embedded one; starts the provider simulator and a worker, sends a sample
-    batch that reaches every outcome, prints the outcomes and verifies the audit chain.
+    Without IDVCANCEL_REDIS_URL it starts a Redis of its own and removes it afterwards.
+    With it, it uses a database of its own on that server (never db 0; --db N to choose)
+    and deletes the keys it wrote when it ends (--keep to keep them). Redis and the
+    broker (IDVCANCEL_BROKER_URL, when set) are checked before anything starts. It starts
+    the provider simulator and a worker, sends a sample batch that reaches every outcome,
+    prints the outcomes and verifies the audit chain; its logs are removed on success and
+    kept (and named) otherwise.
     """
+    from worker.errors import DemoError
     from worker.local.demo import run_demo
 
-    sys.exit(run_demo(workers=workers))
+    try:
+        code = run_demo(workers=workers, db=db, keep=keep)
+    except DemoError as exc:
+        fail(str(exc))
+    sys.exit(code)
 
 
 @main.command()
