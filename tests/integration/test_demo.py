@@ -173,3 +173,15 @@ def test_demo_whose_worker_cannot_start_names_the_worker_log(tmp_path: Path) -> 
     assert "IDVCANCEL_BREAKER_FAILURE_THRESHOLD" in done.stderr
     log = Path(done.stderr.rsplit("its log: ", 1)[1].strip())
     assert log.is_relative_to(tmp_path / "tmp") and log.is_file()
+
+
+def test_demo_with_a_rabbitmq_broker_sends_its_messages_through_it(
+        tmp_path: Path, rabbit_url: str) -> None:
+    """Given IDVCANCEL_BROKER_URL names a RabbitMQ (a vhost of the test's own),
+    When the demo runs,
+    Then it says its messages pass through RabbitMQ, reaches every outcome, and leaves
+    nothing in its temporary folder."""
+    done = _demo(tmp_path, IDVCANCEL_BROKER_URL=rabbit_url)
+    _assert_every_outcome(done)
+    assert _line(done, "broker:").startswith("broker: RabbitMQ at amqp://guest:**@")
+    assert list((tmp_path / "tmp").iterdir()) == []
