@@ -185,3 +185,14 @@ def test_demo_with_a_rabbitmq_broker_sends_its_messages_through_it(
     _assert_every_outcome(done)
     assert _line(done, "broker:").startswith("broker: RabbitMQ at amqp://guest:**@")
     assert list((tmp_path / "tmp").iterdir()) == []
+
+
+def test_demo_keep_without_a_url_is_bad_usage(tmp_path: Path) -> None:
+    """Given no IDVCANCEL_REDIS_URL (the demo's Redis is its own and removed),
+    When the demo is asked to --keep its keys,
+    Then it refuses in one line with exit 2 and starts nothing."""
+    done = _demo(tmp_path, "--keep", timeout=30)
+    assert done.returncode == 2
+    assert done.stderr.startswith("idvcancel: error: --db and --keep are for a Redis named in")
+    assert done.stderr.count("\n") == 1
+    assert list((tmp_path / "tmp").iterdir()) == []

@@ -186,8 +186,7 @@ class DemoSite:
         given_redis = environ.get("IDVCANCEL_REDIS_URL", "")
         given_broker = environ.get("IDVCANCEL_BROKER_URL", "")
         if not given_redis and (db is not None or keep):
-            raise DemoError("--db and --keep are for a Redis named in IDVCANCEL_REDIS_URL; "
-                            "without it the demo starts a Redis of its own and removes it")
+            raise ValueError("db and keep are for a Redis named in IDVCANCEL_REDIS_URL")
         site = cls("", "", Path(tempfile.mkdtemp(prefix="idvcancel-demo-")), keep)
         try:
             broker_line = site._open_broker(given_broker, given_redis)

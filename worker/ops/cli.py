@@ -405,6 +405,9 @@ def demo(batch: str, workers: int, db: int | None, keep: bool) -> None:
     from worker.errors import DemoError
     from worker.local.demo import run_demo
 
+    if (db is not None or keep) and not os.environ.get("IDVCANCEL_REDIS_URL"):
+        raise click.UsageError("--db and --keep are for a Redis named in IDVCANCEL_REDIS_URL; "
+                               "without it the demo starts a Redis of its own and removes it")
     try:
         code = run_demo(workers=workers, db=db, keep=keep)
     except DemoError as exc:
