@@ -124,6 +124,8 @@ def test_prometheus_and_grafana_are_provisioned_from_deploy(compose: dict[str, A
     assert (root / "deploy/prometheus/alerts.yml").is_file()
     assert mounts["./deploy/grafana/provisioning"] == "/etc/grafana/provisioning"
     assert (root / "deploy/grafana/dashboards/idvcancel.json").is_file()
+    provider = (root / "deploy/grafana/provisioning/dashboards/idvcancel.yml").read_text()
+    assert f"path: {mounts['./deploy/grafana/dashboards']}" in provider
     scrape = (root / "deploy/prometheus/prometheus.yml").read_text()
     port = services["worker"]["environment"]["IDVCANCEL_METRICS_PORT"]
     assert f"port: {port}" in scrape

@@ -1,7 +1,8 @@
 """The last verdict of each verifier of the audit chain, kept in Redis for monitoring.
 
-Whoever walks the chain says how it went here: ``idvcancel audit verify`` (``cli``) and
-the checkpoint task (``checkpoint``, each run that walked records). The gauges
+Whoever walks the chain says how it went here: ``idvcancel audit verify`` (``cli``), the
+checkpoint task (``checkpoint``) and the retention task (``retention``, which verifies
+what it archives), each run that walked records. The gauges
 ``idvcancel_audit_verify_ok{by}`` and ``idvcancel_audit_verify_age_seconds{by}``
 (``worker.ops.gauges``) read it at scrape time, so an alert sees a failed verification
 whichever process ran it. Each verifier keeps its own verdict: a checkpoint run that
