@@ -127,6 +127,16 @@ def test_the_rules_file_passes_promtool_check() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_the_prometheus_config_passes_promtool_check() -> None:
+    """Given prometheus.yml (the compose stack's), when ``promtool check config`` reads it
+    and the rule files it names, then it finds no error."""
+    config = alerting.ALERTS_FILE.parent / "prometheus.yml"
+    proc = subprocess.run([promtool(), "check", "config", str(config)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 rule files found" in proc.stdout
+
+
 def test_no_alert_fires_on_a_healthy_worker(
         scrapes: dict[str, dict[str, float]], tmp_path: Path) -> None:
     """Given the scrape of a worker that carried out every request well (held for half an
