@@ -21,6 +21,7 @@ from celery import Task
 
 from config.settings import get_settings
 from worker.app import app
+from worker.journal import verdicts
 from worker.journal.checkpoints import CheckpointError, Signer, load_signer, write_checkpoints
 from worker.logs import get_logger
 from worker.triggers.tracking import shared_client
@@ -62,6 +63,9 @@ def checkpoint(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
         # Not retried: the next beat tick is a retry.
         log.warning("checkpoint_failed", error=type(exc).__name__)
         return _error("redis_unavailable", str(exc))
+    if run.written or run.broken is not None:  # records were walked: a verdict to keep
+        verdicts.record(shared_client(settings), "checkpoint", verdicts.Verdict(
+            run.broken is None, time.time()))
     summary = run.summary()
     if run.broken is not None:
         log.error("audit_chain_broken", detail=run.broken, written=len(run.written))

@@ -20,6 +20,7 @@ from config.settings import get_settings
 from worker import keys
 from worker.app import app
 from worker.errors import ArchiveBusy, ArchiveError
+from worker.journal import verdicts
 from worker.journal.archive import archive_audit
 from worker.logs import get_logger
 from worker.ops.retention import trim_intake
@@ -49,6 +50,7 @@ def retention(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
         return _error("busy", str(exc))
     except ArchiveError as exc:  # a wrong or partial archive directory: a person must look
         log.error("retention_refused", detail=str(exc))
+        verdicts.record(client, "retention", verdicts.Verdict(False, time.time()))
         return _error("archive_mismatch", str(exc))
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         # Not retried: the next beat tick is a retry, and nothing is trimmed before the
@@ -58,6 +60,9 @@ def retention(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
     except OSError as exc:  # the disk: full, read-only, permissions
         log.error("retention_failed", error=type(exc).__name__, detail=str(exc))
         return _error("archive_io", str(exc))
+    if report.archived or report.broken is not None:  # records were walked: a verdict
+        verdicts.record(client, "retention", verdicts.Verdict(report.broken is None,
+                                                              time.time()))
     summary = report.summary()
     summary["intake"] = intake.summary()
     summary["audit_length"] = int(client.xlen(keys.AUDIT))

@@ -7,6 +7,7 @@
 | ``idvcancel:audit:head`` | string ``"<seq>:<hash>"`` | the chain's last link (compare-and-set) |
 | ``idvcancel:audit:archived`` | hash (id, seq, hash, file, ...) | the last archived record |
 | ``idvcancel:audit:archive:lock`` | string (token, PX) | held while records are archived |
+| ``idvcancel:audit:verified`` | hash verifier → JSON | each verifier's last verdict on the chain |
 | ``idvcancel:req:<request_id>`` | hash | one request's ledger (``worker.journal.ledger``) |
 | ``idvcancel:msg:<task_id>`` | hash | the ledger of a message whose request id could not be read |
 | ``idvcancel:dlq`` | hash id → JSON | dead letters: everything needed to replay a request |
@@ -54,6 +55,8 @@ AUDIT = AUDIT_STREAM
 AUDIT_HEAD = "idvcancel:audit:head"
 AUDIT_ARCHIVED = "idvcancel:audit:archived"
 AUDIT_ARCHIVE_LOCK = "idvcancel:audit:archive:lock"
+#: The last verdict of each verifier of the chain (``worker.journal.verdicts``).
+AUDIT_VERIFIED = "idvcancel:audit:verified"
 DLQ = "idvcancel:dlq"
 DLQ_INDEX = "idvcancel:dlq:index"
 #: The intake index: request id → when it was (last) pushed, and → its request JSON.

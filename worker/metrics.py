@@ -7,7 +7,7 @@ Redis at scrape time, so every worker reports the same, true number.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -31,9 +31,27 @@ RESUBMITTED = Counter("idvcancel_resubmitted_total",
 BREAKER_STATE = Gauge("idvcancel_breaker_state",
                       "Circuit breaker as last seen here: 0 closed, 1 open, 2 half-open",
                       ["provider"])
+#: A retry scheduled this late in a request's retry deadline (IDVCANCEL_RETRY_DEADLINE_SECONDS)
+#: counts in ``RETRIES_NEAR_DEADLINE``: the request ends ``failed`` soon unless the provider
+#: recovers.
+NEAR_DEADLINE_FRACTION = 0.8
+RETRIES_NEAR_DEADLINE = Counter(
+    "idvcancel_retries_near_deadline_total",
+    "Retries scheduled for requests past 80% of their retry deadline, by provider",
+    ["provider"])
 RATE_LIMITED = Counter("idvcancel_rate_limited_total",
                        "Calls held back by our limiter (local) or refused with 429 (provider)",
                        ["provider", "by"])
+
+
+def start_series(providers: Iterable[str], outcomes: Iterable[str]) -> None:
+    """Show the series alerts watch at 0 before anything happens: ``increase()`` cannot
+    see the first request of a series that appears at 1 (e.g. the first ``unauthorized``)."""
+    outcomes = tuple(outcomes)
+    for provider in providers:
+        RETRIES_NEAR_DEADLINE.labels(provider)
+        for outcome in outcomes:
+            REQUESTS.labels(provider, outcome)
 
 
 class DeadLetterDepth(Collector):

@@ -13,14 +13,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.integration.conftest import Stack, seed
+from tests.integration.harness import wait_for
 from tests.reliability.conftest import BeatProcess
-from worker.journal import checkpoints
+from worker import keys
+from worker.journal import checkpoints, verdicts
 from worker.local.procs import WorkerProcess
 
 IDVCANCEL = str(Path(sys.executable).with_name("idvcancel"))
@@ -141,6 +144,10 @@ def test_beat_has_only_the_signer_sign_checkpoints(stack: Stack, key_file: Path,
         while (state := checkpoints.read_head(stack.redis)) is None or state.seq < head:
             assert time.monotonic() < deadline, f"no checkpoint up to {head}: {state}"
             time.sleep(0.2)
+        # and the signer left a good verdict for the metrics (idvcancel_audit_verify_ok)
+        verdict = wait_for(lambda: verdicts.parse(cast("dict[str, str]", stack.redis.hgetall(
+            keys.AUDIT_VERIFIED))).get("checkpoint"), 10, message="no checkpoint verdict")
+        assert verdict.ok
     finally:
         beat.stop()
         signer.stop()

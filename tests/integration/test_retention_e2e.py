@@ -11,11 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from tests.integration.conftest import Stack, seed
 from tests.integration.harness import send_process, wait_for
 from worker import keys
+from worker.journal import verdicts
 
 IDVCANCEL = str(Path(sys.executable).with_name("idvcancel"))
 WEEK = 7 * 86400
@@ -202,3 +203,6 @@ def test_results_stay_capped_and_the_retention_task_archives(
     assert run_cli(stack, "audit", "verify").returncode == 0
     whole = run_cli(stack, "audit", "verify", "--archive", str(archive))
     assert whole.returncode == 0, whole.stderr
+    # and the task and the CLI each left a good verdict for the metrics
+    found = verdicts.parse(cast("dict[str, str]", stack.redis.hgetall(keys.AUDIT_VERIFIED)))
+    assert found["retention"].ok and found["cli"].ok

@@ -28,7 +28,15 @@ from worker.journal import ledger
 from worker.journal.ledger import LedgerState, Phase
 from worker.journal.steps import DeadLetter, Journal, Moved
 from worker.logs import get_logger
-from worker.metrics import ATTEMPTS, DUPLICATES, LATENCY, REQUESTS, RETRIES
+from worker.metrics import (
+    ATTEMPTS,
+    DUPLICATES,
+    LATENCY,
+    NEAR_DEADLINE_FRACTION,
+    REQUESTS,
+    RETRIES,
+    RETRIES_NEAR_DEADLINE,
+)
 from worker.providers import get_adapter
 from worker.providers.base import ProviderAdapter, ProviderAnswer
 from worker.providers.errors import (
@@ -286,12 +294,19 @@ class Pipeline:
             failed = GaveUp(f"gave up: {hold.reason} past the retry deadline",
                             code=hold.reason)
             return self._final(message, version, attempts, failed, [], log)
+        self._count_if_near_deadline(message, created)
         delay = hold.seconds
         if hold.reason == "rate_limited":
             # The limiter answers "the next slot", the same for every waiting request:
             # spread them out, or a backlog comes back in step and only one gets through.
             delay += random.uniform(0, self.settings.retry_cap_seconds)
         return self._wait(message, version, attempts, delay, hold.reason, None, [], log)
+
+    def _count_if_near_deadline(self, message: Message, created: float) -> None:
+        """A retry late in the request's deadline: an alert warns before it ends failed."""
+        if (self.clock() - created
+                > NEAR_DEADLINE_FRACTION * self.settings.retry_deadline_seconds):
+            RETRIES_NEAR_DEADLINE.labels(message.field("provider") or "unknown").inc()
 
     def _wait(self, message: Message, version: int, attempts: int, delay: float, reason: str,
               http_status: int | None, drafts: list[dict[str, Any]], log: Any,
@@ -325,6 +340,7 @@ class Pipeline:
             failed = GaveUp(f"gave up after {attempt} attempts: {public_message(exc)}",
                             code=public_code(exc), http_status=exc.http_status)
             return self._final(message, version, attempt, failed, [attempt_record], log)
+        self._count_if_near_deadline(message, created)
         # The call may have landed although no answer came: read before calling again.
         maybe_landed = exc.may_have_landed or exc.http_status in (502, 504)
         return self._wait(message, version, attempt, delay, public_code(exc), exc.http_status,

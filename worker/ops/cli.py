@@ -320,6 +320,7 @@ def audit_verify(archive: str | None, public_key: str | None) -> None:
     checkpoint that does not match is named: a chain re-sealed after an edit shows.
     """
     from worker.errors import ArchiveError
+    from worker.journal import verdicts
     from worker.journal.verify import verify_archive, verify_redis
     from worker.ops.cli_proof import load_key_or_fail, report_checkpoints
 
@@ -332,7 +333,9 @@ def audit_verify(archive: str | None, public_key: str | None) -> None:
         report = (verify_redis(client) if directory is None
                   else verify_archive(client, directory))
     except ArchiveError as exc:
+        verdicts.record(client, "cli", verdicts.Verdict(False, time.time()))
         fail(str(exc))
+    verdicts.record(client, "cli", verdicts.Verdict(report.broken is None, time.time()))
     if report.broken is not None:
         fail(f"audit chain BROKEN after {report.count} good records: "
              f"{report.broken.describe()}")

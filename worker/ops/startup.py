@@ -64,4 +64,10 @@ def on_ready() -> None:
         from worker.journal.attention import register_gauge
 
         register_gauge(_probe_client)
+        from worker.contract import Outcome
+        from worker.metrics import start_series
+        from worker.ops import gauges
+
+        gauges.register(_probe_client, supported_providers())
+        start_series(supported_providers(), [o.value for o in Outcome])
         log.info("metrics", port=port, paths=["/metrics", "/healthz"])
