@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import fakeredis
 import httpx
@@ -110,7 +110,8 @@ def test_the_worker_refuses_exactly_what_admissible_refuses(
     provider, action, fields, code, _ = case
     message = request(provider, action, **fields).model_dump(mode="json")
     step = pipeline.handle([message], {}, "t-1")
-    events = [json.loads(f["event"]) for _, f in fake_redis.xrange("idvcancel:results")]
+    entries = cast("list[tuple[str, dict[str, str]]]", fake_redis.xrange("idvcancel:results"))
+    events = [json.loads(fields["event"]) for _, fields in entries]
     if code is None:
         assert step != Finished("rejected")
         assert all(e["outcome"] != "rejected" for e in events)
@@ -150,4 +151,5 @@ def test_write_puts_the_table_between_the_markers(tmp_path: Path) -> None:
     path.write_text(f"intro\n{rulesdoc.BEGIN}\n| old |\n{rulesdoc.END}\nrest\n")
     rulesdoc.main(["--write", str(path)])
     rulesdoc.main(["--write", str(path)])
-    assert path.read_text() == f"intro\n{rulesdoc.BEGIN}\n{rulesdoc.table()}\n{rulesdoc.END}\nrest\n"
+    table = rulesdoc.table()
+    assert path.read_text() == f"intro\n{rulesdoc.BEGIN}\n{table}\n{rulesdoc.END}\nrest\n"
