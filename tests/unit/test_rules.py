@@ -15,10 +15,12 @@ import httpx
 import pytest
 
 from config.settings import Settings
+from worker import keys
 from worker.contract import CancelRequest
 from worker.delivery.pipeline import Finished, Pipeline
-from worker.errors import RuleViolation
+from worker.errors import NotReplayable, RuleViolation
 from worker.journal.steps import Journal
+from worker.ops import deadletters
 from worker.providers import adapter_class, admissible, rulesdoc
 from worker.providers.base import ProviderAdapter
 
@@ -153,3 +155,27 @@ def test_write_puts_the_table_between_the_markers(tmp_path: Path) -> None:
     rulesdoc.main(["--write", str(path)])
     table = rulesdoc.table()
     assert path.read_text() == f"intro\n{rulesdoc.BEGIN}\n{table}\n{rulesdoc.END}\nrest\n"
+
+
+def test_a_dead_letter_that_breaks_a_rule_now_is_not_replayed(
+        fake_redis: fakeredis.FakeRedis) -> None:
+    """Given a dead letter whose request breaks a rule (one tightened since it failed:
+    a gu1 cancel without a reason)
+    When it is replayed
+    Then the replay is refused naming the rule, and nothing changed: no ledger reset,
+    nothing sent, the entry kept for a person."""
+    stored = request("gu1", "cancel").model_dump(mode="json")
+    entry = json.dumps({"id": "r-1", "request": stored, "outcome": "failed"})
+    fake_redis.hset(keys.DLQ, "r-1", entry)
+    sent: list[Any] = []
+
+    class Recorder:
+        def submit(self, req: Any) -> str:
+            sent.append(req)
+            return "r-1"
+
+    with pytest.raises(NotReplayable, match=r"reason_required"):
+        deadletters.replay(fake_redis, Recorder(), "r-1")
+    assert sent == [] and fake_redis.hget(keys.DLQ, "r-1") == entry
+    assert not fake_redis.exists(keys.request_ledger("r-1"))
+    assert fake_redis.xlen("idvcancel:audit") == 0
