@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, JsonValue, StringConstraints
 
 from config.names import PROVIDERS, QUEUE, TASK_NAME, ProviderName
 
@@ -61,6 +61,14 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+def _not_blank(value: str) -> str:
+    """A request id of spaces only is no id: it cannot be told apart in a log or a result.
+    (The JSON Schema says so with the pattern ``\\S``: at least one other character.)"""
+    if not value.strip():
+        raise ValueError("must not be only whitespace")
+    return value
+
+
 class CancelRequest(BaseModel):
     """One request to cancel or delete a verification session at a provider.
 
@@ -75,8 +83,10 @@ class CancelRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     request_id: Annotated[
-        str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID_LENGTH)
-    ] = Field(description="Idempotency key: a request id is carried out once.")
+        str, StringConstraints(min_length=1, max_length=MAX_REQUEST_ID_LENGTH),
+        AfterValidator(_not_blank),
+    ] = Field(description="Idempotency key: a request id is carried out once.",
+              json_schema_extra={"pattern": r"\S"})
     provider: ProviderName
     action: ActionName
     reference: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(

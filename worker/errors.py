@@ -7,7 +7,8 @@ operator command that cannot be done, the audit archive, and the local machinery
 
     IdvCancelError
     ├── InvalidInput (ValueError)          refused before anything was sent or stored
-    │   ├── InvalidRequest                 a request breaks the contract (producer side)
+    │   ├── InvalidRequest                 a request breaks the contract or a provider
+    │   │   │                              rule (producer side; ``code`` says which)
     │   │   └── InvalidRequests            several did (every bad line of a file)
     │   ├── InvalidSession                 a session report cannot be tracked
     │   └── RuleViolation                  a request breaks a provider's rule
@@ -52,15 +53,19 @@ class InvalidInput(IdvCancelError, ValueError):
 
 
 class InvalidRequest(InvalidInput):
-    """A request that does not satisfy the contract; ``index`` is its place in a batch,
-    ``fields`` the names of the fields at fault (empty when the whole value is wrong)."""
+    """A request the producer refuses: it breaks the contract, or a provider's rule (a
+    ``RuleViolation`` is its ``__cause__``). ``index`` is its place in a batch, ``fields``
+    the names of the fields at fault (empty when the whole value is wrong), ``code`` the
+    ``error.code`` the worker's ``rejected`` result would carry: ``invalid_request``, or
+    the rule's (``reason_required``, ``invalid_reference``, ...)."""
 
     def __init__(self, message: str, index: int | None = None,
-                 fields: tuple[str, ...] = ()) -> None:
+                 fields: tuple[str, ...] = (), code: str = "invalid_request") -> None:
         super().__init__(message if index is None else f"request #{index}: {message}")
         self.index = index
         self.reason = message
         self.fields = fields
+        self.code = code
 
 
 class InvalidRequests(InvalidRequest):
@@ -70,7 +75,7 @@ class InvalidRequests(InvalidRequest):
 
     def __init__(self, problems: list[InvalidRequest]) -> None:
         first = problems[0]
-        super().__init__(first.reason, first.index, first.fields)
+        super().__init__(first.reason, first.index, first.fields, first.code)
         self.problems = problems
         self.args = ("; ".join(str(p) for p in problems),)
 
@@ -80,12 +85,15 @@ class InvalidSession(InvalidInput):
 
 
 class RuleViolation(InvalidInput):
-    """The request breaks a provider rule: it ends ``rejected`` and no call is made."""
+    """The request breaks a provider rule: it ends ``rejected`` and no call is made
+    (the producer refuses it before: ``InvalidRequest``). ``field`` is the request's field
+    at fault, when one is."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        self.field = field
 
 
 # -- the broker ------------------------------------------------------------------------

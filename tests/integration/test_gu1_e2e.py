@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Stack, seed
+from tests.integration.harness import send_process
 
 PROVIDER = "gu1"
 REASON = "customer asked to stop the verification"
@@ -99,8 +100,9 @@ def test_short_or_missing_reason_is_rejected_without_a_call(
     fields = {} if reason is None else {"reason": reason}
     request = stack.request(provider=PROVIDER, **fields)
     seed(stack, PROVIDER, request["reference"], "pending")
-    # When a cancel is submitted
-    stack.producer.submit(request)
+    # When it is published raw, past the producer (which refuses it): the worker's
+    # own check
+    send_process(stack.broker_url, request)
     # Then it is rejected before any call
     event = stack.result(request["request_id"])
     assert event["outcome"] == "rejected" and event["attempts"] == 0
@@ -113,8 +115,9 @@ def test_delete_has_no_api_and_is_rejected_without_a_call(stack: Stack) -> None:
     # Given a delete request
     request = stack.request(provider=PROVIDER, action="delete", reason=REASON)
     seed(stack, PROVIDER, request["reference"], "pending")
-    # When it is submitted
-    stack.producer.submit(request)
+    # When it is published raw, past the producer (which refuses it): the worker's
+    # own check
+    send_process(stack.broker_url, request)
     # Then it is rejected before any call
     event = stack.result(request["request_id"])
     assert event["outcome"] == "rejected" and event["attempts"] == 0

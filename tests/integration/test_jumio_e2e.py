@@ -7,6 +7,7 @@ import itertools
 import uuid
 
 from tests.integration.conftest import Stack, seed
+from tests.integration.harness import send_process
 
 PRODUCTS = {"scan": "scans", "authentication": "authentications", "document": "documents"}
 REGIONS = ("us", "eu", "sgp")
@@ -121,7 +122,8 @@ def test_worker_without_user_agent_is_unauthorized_without_a_call(stack: Stack) 
 def test_cancel_has_no_api_and_is_rejected_without_a_call(stack: Stack) -> None:
     request = stack.request(provider="jumio", action="cancel", reference=reference())
     seed(stack, "jumio", request["reference"], "PENDING", product="scans", region="us")
-    stack.producer.submit(request)
+    # Published raw, past the producer (which refuses it): the worker's own check
+    send_process(stack.broker_url, request)
     event = stack.result(request["request_id"])
     assert event["outcome"] == "rejected" and event["attempts"] == 0
     assert event["error"]["code"] == "action_not_supported"
@@ -132,7 +134,8 @@ def test_cancel_has_no_api_and_is_rejected_without_a_call(stack: Stack) -> None:
 def test_reference_over_36_characters_is_rejected_without_a_call(stack: Stack) -> None:
     request = stack.request(provider="jumio", action="delete", reference="r" * 37)
     seed(stack, "jumio", request["reference"], "PENDING", product="scans", region="us")
-    stack.producer.submit(request)
+    # Published raw, past the producer (which refuses it): the worker's own check
+    send_process(stack.broker_url, request)
     event = stack.result(request["request_id"])
     assert event["outcome"] == "rejected" and event["attempts"] == 0
     assert event["error"]["code"] == "invalid_reference"
@@ -145,7 +148,8 @@ def test_invalid_options_are_rejected_without_a_call(stack: Stack) -> None:
     request = stack.request(provider="jumio", action="delete", reference=reference(),
                             options={"product": "selfie", "region": "eu"})
     seed(stack, "jumio", request["reference"], "PENDING", product="scans", region="eu")
-    stack.producer.submit(request)
+    # Published raw, past the producer (which refuses it): the worker's own check
+    send_process(stack.broker_url, request)
     # Then it is rejected before any call, the message naming the option
     event = stack.result(request["request_id"])
     assert event["outcome"] == "rejected" and event["attempts"] == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 
 from tests.integration.conftest import Stack, seed
+from tests.integration.harness import send_process
 
 ERASE_PATH = "/onespan/api/transactions/mark-for-erasure"
 
@@ -138,7 +139,8 @@ def test_invalid_grace_period_is_rejected_without_a_call(stack: Stack) -> None:
     request = stack.request(provider="onespan", action="delete", reference=reference(),
                             options={"grace_period": -3})
     seed(stack, "onespan", request["reference"], "completed")
-    stack.producer.submit(request)
+    # Published raw, past the producer (which refuses it): the worker's own check
+    send_process(stack.broker_url, request)
     event = stack.result(request["request_id"])
     assert event["outcome"] == "rejected" and event["attempts"] == 0
     assert event["error"]["code"] == "invalid_options"

@@ -39,8 +39,10 @@ def test_rules_table_cancellable_states(status: str, allowed: bool) -> None:
 
 
 def test_check_refuses_a_reference_that_is_not_a_uuid() -> None:
-    with pytest.raises(RuleViolation, match="must match"):
+    """Given a reference that is no UUID / Then the refusal says what one must be."""
+    with pytest.raises(RuleViolation, match="must be a UUID") as info:
         check(request(reference="not-a-uuid"), RULES)
+    assert info.value.code == "invalid_reference" and info.value.field == "reference"
 
 
 def test_400_is_not_cancellable_with_the_status_the_body_names() -> None:

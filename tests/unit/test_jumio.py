@@ -103,9 +103,9 @@ def test_check_refuses_a_reference_longer_than_36_characters() -> None:
 def test_bad_options_are_refused_before_any_call(options: dict[str, object], field: str) -> None:
     seen, handle = recorder()
     jumio = adapter(handle)
-    # When the pipeline validates the request / Then a RuleViolation names the field
+    # When the rules table is checked (pipeline and producer) / Then it names the field
     with pytest.raises(RuleViolation, match=field) as info:
-        jumio.validate(request(options=options))
+        check(request(options=options), RULES)
     assert info.value.code == "invalid_options"
     # And execute, should it be reached anyway, rejects without a call
     with pytest.raises(errors.ProviderRejected, match=field) as rejected:
@@ -115,9 +115,9 @@ def test_bad_options_are_refused_before_any_call(options: dict[str, object], fie
 
 
 def test_good_options_pass_validation() -> None:
-    jumio = adapter(recorder()[1])
-    jumio.validate(request())
-    jumio.validate(request(options={"product": "document", "region": "sgp"}))
+    """Given the default options and a product/region pair / Then the table admits both."""
+    assert check(request(), RULES) is DELETE
+    assert check(request(options={"product": "document", "region": "sgp"}), RULES) is DELETE
 
 
 # -- the requests ------------------------------------------------------------------------

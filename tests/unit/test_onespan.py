@@ -103,9 +103,9 @@ def test_bad_options_are_refused_before_any_call(
 ) -> None:
     seen, handle = recorder()
     onespan = adapter(handle)
-    # When the pipeline validates the request / Then a RuleViolation names the field
+    # When the rules table is checked (pipeline and producer) / Then it names the field
     with pytest.raises(RuleViolation, match=field) as info:
-        onespan.validate(request(action=action, options=options))
+        check(request(action=action, options=options), RULES)
     assert info.value.code == "invalid_options"
     # And execute, should it be reached anyway, rejects without a call
     with pytest.raises(errors.ProviderRejected, match=field) as rejected:
@@ -115,11 +115,11 @@ def test_bad_options_are_refused_before_any_call(
 
 
 def test_good_options_pass_validation() -> None:
-    onespan = adapter(recorder()[1])
-    onespan.validate(request())
-    onespan.validate(request(action="delete"))
-    onespan.validate(request(action="delete", options={"grace_period": 0}))
-    onespan.validate(request(action="delete", options={"grace_period": 30}))
+    """Given a cancel without options and deletes with none, 0 or 30 days of grace
+    Then the table admits each."""
+    assert check(request(), RULES) is CANCEL
+    for options in ({}, {"grace_period": 0}, {"grace_period": 30}):
+        assert check(request(action="delete", options=options), RULES) is DELETE
 
 
 # -- cancel ------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any, cast
 
@@ -19,7 +20,7 @@ from worker.errors import InvalidRequest, InvalidRequests
 
 def request(n: int = 1, **fields: Any) -> dict[str, Any]:
     return {"request_id": f"r-{n}", "provider": "idpass", "action": "cancel",
-            "reference": f"ref-{n}", "requested_by": "tests", **fields}
+            "reference": str(uuid.UUID(int=n)), "requested_by": "tests", **fields}
 
 
 @pytest.fixture
@@ -266,3 +267,81 @@ def test_load_jsonl_reports_every_bad_line_with_its_own_number() -> None:
     assert caught.value.problems[0].reason.startswith("not valid JSON: ")
     assert caught.value.problems[0].reason.endswith("(column 2)")
     assert "action" in caught.value.problems[1].reason
+
+
+# -- the providers' rules, checked before sending -----------------------------------------
+RULE_BREAKERS = [
+    (request(provider="gu1"), "reason_required", "gu1 requires a reason of at least 5"),
+    (request(provider="jumio", action="delete", options={"product": "nope"}),
+     "invalid_options", "invalid jumio delete options: options.product"),
+    (request(reference="not-a-uuid"), "invalid_reference", "idpass references must be a UUID"),
+    (request(action="delete"), "action_not_supported", "idpass has no API to delete"),
+]
+
+
+@pytest.mark.parametrize(("bad", "code", "words"), RULE_BREAKERS,
+                         ids=[code for _, code, _ in RULE_BREAKERS])
+def test_submit_refuses_a_request_that_breaks_its_providers_rule(
+        producer: Producer, redis_client: redis.Redis, bad: dict[str, Any], code: str,
+        words: str) -> None:
+    """Given a request the worker would end rejected (a gu1 cancel without a reason, a
+    Jumio product that does not exist, an ID Pass reference that is no UUID, ...)
+    When it is submitted
+    Then InvalidRequest names the rule (message and code) and nothing was sent."""
+    with pytest.raises(InvalidRequest) as caught:
+        producer.submit(bad)
+    assert caught.value.code == code
+    assert str(caught.value).startswith(words) and f"(rule {code})" in str(caught.value)
+    assert redis_client.llen("idvcancel") == 0 and redis_client.zcard("idvcancel:intake") == 0
+
+
+def test_submit_refuses_a_request_id_of_whitespace(
+        producer: Producer, redis_client: redis.Redis) -> None:
+    """Given a request whose id is only spaces and a tab / When it is submitted
+    Then it is refused naming the field, and nothing was sent."""
+    with pytest.raises(InvalidRequest) as caught:
+        producer.submit(request(request_id=" \t "))
+    assert caught.value.fields == ("request_id",) and caught.value.code == "invalid_request"
+    assert str(caught.value) == "request_id: Value error, must not be only whitespace"
+    assert redis_client.llen("idvcancel") == 0
+
+
+def test_submit_many_reports_every_rule_broken_and_sends_nothing(
+        producer: Producer, redis_client: redis.Redis) -> None:
+    """Given a batch of good requests with three bad ones among them (two rules, the
+    contract) / When it is submitted
+    Then each bad one is reported with its place and its rule, and not one left."""
+    batch = [request(1), request(2, provider="gu1"), request(3),
+             request(4, reference="nope"), request(5, request_id="  ")]
+    with pytest.raises(InvalidRequests) as caught:
+        producer.submit_many(batch)
+    assert [(p.index, p.code) for p in caught.value.problems] == [
+        (1, "reason_required"), (3, "invalid_reference"), (4, "invalid_request")]
+    assert str(caught.value.problems[0]).startswith("request #1: gu1 requires a reason")
+    assert redis_client.llen("idvcancel") == 0 and redis_client.zcard("idvcancel:intake") == 0
+
+
+def test_a_producer_without_the_rule_check_sends_it_for_the_worker_to_reject(
+        redis_url: str, redis_client: redis.Redis) -> None:
+    """Given a producer made with check_rules=False (the sweep's, the demo's)
+    When a request that breaks a rule is submitted / Then it is sent (the worker will
+    record it rejected), while the contract is still enforced."""
+    unchecked = Producer(redis_url, check_rules=False)
+    try:
+        assert unchecked.submit(request(provider="gu1")) == "r-1"
+        assert redis_client.llen("idvcancel") == 1
+        with pytest.raises(InvalidRequest, match="request_id"):
+            unchecked.submit(request(request_id=" "))
+    finally:
+        unchecked.close()
+    assert redis_client.llen("idvcancel") == 1
+
+
+def test_load_jsonl_reports_a_broken_rule_with_its_line_number() -> None:
+    """Given a file whose second line is a gu1 cancel without a reason
+    Then loading it names line 2 and the rule."""
+    lines = [json.dumps(request(1)), json.dumps(request(2, provider="gu1")), "{oops"]
+    with pytest.raises(InvalidRequests) as caught:
+        load_jsonl(lines)
+    assert [(p.index, p.code) for p in caught.value.problems] == [
+        (2, "reason_required"), (3, "invalid_request")]

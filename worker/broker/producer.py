@@ -1,5 +1,7 @@
-"""Enqueue requests from Python: validated before they leave, so a bad request fails
-at the producer with a clear error instead of ending ``rejected`` later.
+"""Enqueue requests from Python: checked before they leave — against the contract and
+against the provider's rules, by the very test the worker runs before a call
+(``worker.providers.admissible``) — so a bad request fails at the producer with a clear
+error naming the rule instead of ending ``rejected`` later.
 
 Examples:
     >>> from worker.broker.producer import Producer
@@ -31,7 +33,8 @@ from worker.broker.amqp import AmqpPublisher
 from worker.broker.signing import configure_signing
 from worker.contract import QUEUE, TASK_NAME, CancelRequest
 from worker.delivery.intake import describe
-from worker.errors import InvalidRequest, InvalidRequests
+from worker.errors import InvalidRequest, InvalidRequests, RuleViolation
+from worker.providers import admissible
 from worker.redis_client import redis_client
 
 #: Messages sent in one Redis command (one ``lua/push.lua`` call: a multi-value LPUSH
@@ -62,38 +65,75 @@ def validate(request: CancelRequest | Mapping[str, Any], index: int | None = Non
         raise InvalidRequest(describe(exc), index, fields) from exc
 
 
+def admit(request: CancelRequest | Mapping[str, Any], index: int | None = None
+          ) -> CancelRequest:
+    """``validate``, then the provider's rules as the worker applies them: the request,
+    or ``InvalidRequest`` whose ``code`` (and message) names the broken rule.
+
+    Examples:
+        >>> admit({"request_id": "r-1", "provider": "idpass", "action": "cancel",
+        ...        "reference": "ref-1", "requested_by": "ops"})
+        Traceback (most recent call last):
+        worker.errors.InvalidRequest: idpass references must be a UUID (8-4-4-4-12 hex digits) (rule invalid_reference)
+    """  # noqa: E501
+    valid = validate(request, index)
+    try:
+        admissible(valid)
+    except RuleViolation as exc:
+        raise InvalidRequest(f"{exc.message} (rule {exc.code})", index,
+                             (exc.field,) if exc.field else (), exc.code) from exc
+    return valid
+
+
+def _admit_all(requests: Iterable[tuple[int, Any]], *, check_rules: bool = True
+               ) -> list[CancelRequest]:
+    """Every ``(index, request)`` checked (``admit``, or only ``validate`` without
+    ``check_rules``): all of them, or ``InvalidRequests`` listing each bad one."""
+    accept = admit if check_rules else validate
+    valid: list[CancelRequest] = []
+    problems: list[InvalidRequest] = []
+    for index, request in requests:
+        try:
+            valid.append(accept(request, index))
+        except InvalidRequest as exc:
+            problems.append(exc)
+    if problems:
+        raise InvalidRequests(problems)
+    return valid
+
+
 def load_jsonl(lines: Iterable[str]) -> list[CancelRequest]:
-    """Parse and validate JSON Lines (one request object a line; blank lines skipped).
+    """Parse and check JSON Lines (one request object a line; blank lines skipped), as
+    ``admit`` does: the contract and the provider's rules.
 
     Every line is checked: if any is bad, ``InvalidRequests`` lists each bad one, with
     ``index`` its line number (1-based), so a caller can report them all and refuse the
     whole file before sending anything. A JSON error names its column in that line.
 
     Examples:
-        >>> load_jsonl(['{"request_id": "r-1", "provider": "idpass", "action": "cancel",'
+        >>> load_jsonl(['{"request_id": "r-1", "provider": "txcloud", "action": "cancel",'
         ...             ' "reference": "ref-1", "requested_by": "ops"}'])[0].request_id
         'r-1'
         >>> load_jsonl(["", "{not json", "[]"])  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         worker.errors.InvalidRequests: request #2: not valid JSON: ... (column 2); request #3: ...
     """
-    requests: list[CancelRequest] = []
+    parsed: list[tuple[int, Any]] = []
     problems: list[InvalidRequest] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            value = json.loads(line)
+            parsed.append((number, json.loads(line)))
         except json.JSONDecodeError as exc:
             problems.append(InvalidRequest(f"not valid JSON: {exc.msg} (column {exc.colno})",
                                            number))
-            continue
-        try:
-            requests.append(validate(value, number))
-        except InvalidRequest as exc:
-            problems.append(exc)
+    try:
+        requests = _admit_all(parsed)
+    except InvalidRequests as exc:
+        problems.extend(exc.problems)
     if problems:
-        raise InvalidRequests(problems)
+        raise InvalidRequests(sorted(problems, key=lambda problem: problem.index or 0))
     return requests
 
 
@@ -126,11 +166,17 @@ class Producer:
         client: the Redis to push to instead of one for ``redis_url`` (tests pass
             fakeredis).
         clock: the push time written to the intake index.
+        check_rules: refuse a request that breaks its provider's rules (``admit``).
+            False only for requests the worker must record ``rejected`` rather than a
+            caller be told: what the sweep, supersede and the reconciler send (a tracked
+            session's cancel, a request admitted before a rule tightened: no one is
+            waiting on an exception, and a refusal must not vanish), and the demo's
+            deliberately bad cases. The contract is checked either way.
     """
 
     def __init__(self, redis_url: str, settings: Settings | None = None, *,
                  broker_url: str | None = None, client: redis.Redis | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, check_rules: bool = True) -> None:
         self.broker_url = broker_url or (settings.broker_url if settings else "") or redis_url
         delivery_limit = settings.delivery_limit if settings else DEFAULT_DELIVERY_LIMIT
         self.app = Celery("idvcancel-producer", broker=self.broker_url, set_as_current=False)
@@ -146,10 +192,16 @@ class Producer:
         self.redis = client if client is not None else redis_client(redis_url, decode=False)
         self._push_script = scripts.script(self.redis, "push")
         self.clock = clock
+        self.check_rules = check_rules
 
     def submit(self, request: CancelRequest | Mapping[str, Any]) -> str:
-        """Validate and enqueue one request; returns its ``request_id``."""
-        valid = validate(request)
+        """Check and enqueue one request; returns its ``request_id``.
+
+        Raises ``InvalidRequest`` (nothing sent) when it breaks the contract or, with
+        ``check_rules``, its provider's rules: ``code`` names the rule, e.g.
+        ``reason_required`` for a gu1 cancel without a reason.
+        """
+        valid = admit(request) if self.check_rules else validate(request)
         if self.signed:
             self._send_through_celery([valid], BATCH_SIZE, None)
         elif self.amqp is not None:
@@ -165,8 +217,9 @@ class Producer:
         batch_size: int = BATCH_SIZE,
         on_sent: Callable[[int], None] | None = None,
     ) -> list[str]:
-        """Validate every request first (nothing is sent if one is invalid), then
-        enqueue them over one connection, ``batch_size`` messages per Redis round trip.
+        """Check every request first (as ``submit`` does), then enqueue them over one
+        connection, ``batch_size`` messages per Redis round trip. If any is bad nothing is
+        sent: ``InvalidRequests`` lists each bad one, ``index`` its place in ``requests``.
 
         Parameters:
             requests: mappings or ``CancelRequest`` objects.
@@ -190,7 +243,7 @@ class Producer:
             >>> producer.submit_many(requests, on_sent=bar.update)  # doctest: +SKIP
             ['r-1', 'r-2']
         """
-        valid = [validate(r, i) for i, r in enumerate(requests)]
+        valid = _admit_all(enumerate(requests), check_rules=self.check_rules)
         if self.signed:
             self._send_through_celery(valid, batch_size, on_sent)
         elif self.amqp is not None:

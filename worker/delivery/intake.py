@@ -2,8 +2,9 @@
 reason why not, plus the key under which its ledger lives.
 
 Nothing is dropped here: a message with a readable ``request_id`` is keyed by it; one
-without (not an object, no id, an id that is not a short string) is keyed by its Celery
-task id, which survives redelivery, so a malformed message is also answered once.
+without (not an object, no id, an id that is not a short string or is only whitespace)
+is keyed by its Celery task id, which survives redelivery, so a malformed message is
+also answered once.
 """
 
 from __future__ import annotations
@@ -111,7 +112,8 @@ def parse(args: Sequence[Any], kwargs: Mapping[str, Any], task_id: str) -> Messa
         raw, problem = None, "the request contains text that is not valid Unicode"
     raw_id = raw.get("request_id") if isinstance(raw, dict) else None
     readable = (
-        raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_REQUEST_ID_LENGTH else None
+        raw_id if isinstance(raw_id, str) and 0 < len(raw_id) <= MAX_REQUEST_ID_LENGTH
+        and raw_id.strip() else None
     )
     echo = {
         k: v

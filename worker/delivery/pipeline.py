@@ -167,7 +167,6 @@ class Pipeline:
         try:  # rules may have tightened since the first delivery (a deploy)
             adapter = self.adapters(message.request.provider, self.settings)
             rule = check(message.request, adapter.rules)
-            adapter.validate(message.request)
         except RuleViolation as exc:
             return self._final(message, state.version, state.attempts,
                                PermanentError(exc.message, code=exc.code), [], log)
@@ -189,8 +188,7 @@ class Pipeline:
         request = message.request
         try:
             adapter = self.adapters(request.provider, self.settings)
-            rule = check(request, adapter.rules)
-            adapter.validate(request)
+            rule = check(request, adapter.rules)  # the producer's test too (admissible)
         except KeyError:
             error = ("provider_not_supported", f"no adapter for provider {request.provider}")
             return self._finish(message, 0, records.event(

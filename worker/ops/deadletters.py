@@ -7,7 +7,9 @@ message so malformed that no request id could be read. They live in two keys
 ``outcome``, ``error``, ``attempts``, ``http_status``, ``task_id``,
 ``dead_lettered_at``) and the sorted set ``idvcancel:dlq:index`` (score = ms).
 
-Replaying a request (``replay``) does, in this order:
+Replaying a request (``replay``) does, in this order (after checking that the producer
+would take it: a request that breaks a rule tightened since is ``NotReplayable``, naming
+the rule, and nothing changes):
 
 1. Read its ledger. If the phase is ``done`` with a dead-lettered outcome, reset it to
    ``waiting`` (attempts 0, outcome cleared, ``replays`` + 1, ``created`` = now so the
@@ -47,10 +49,11 @@ from typing import Any, Literal, Protocol
 import redis
 
 from worker import keys, scripts
+from worker.broker.producer import admit
 from worker.contract import CancelRequest, Outcome
 from worker.delivery import records
 from worker.delivery.records import AuditStep
-from worker.errors import EntryNotFound, NotReplayable
+from worker.errors import EntryNotFound, InvalidRequest, NotReplayable
 from worker.journal import ledger
 from worker.journal.ledger import Phase
 from worker.journal.steps import Journal, Moved
@@ -183,6 +186,11 @@ def replay(client: redis.Redis, producer: Submitter, entry_id: str) -> ReplayRes
         raise NotReplayable(
             f"dead letter {entry_id!r} holds an unreadable message, not a request: "
             "there is nothing to send again (inspect it with 'idvcancel dlq list')")
+    try:  # before the reset: a replay the producer refuses must change nothing
+        admit(request)
+    except InvalidRequest as exc:
+        raise NotReplayable(f"dead letter {entry_id!r} would be refused now: {exc.reason}"
+                            ) from exc
     action, reset, replays = _reset_ledger(client, request)
     if action == "send":
         producer.submit(request)

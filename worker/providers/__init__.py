@@ -11,8 +11,10 @@ import importlib
 import threading
 
 from config.settings import Settings
+from worker.contract import CancelRequest
+from worker.errors import RuleViolation
 from worker.providers.base import ProviderAdapter
-from worker.providers.rules import ProviderRules
+from worker.providers.rules import ActionRule, ProviderRules, check
 
 #: provider name → "module:class"
 _ADAPTERS: dict[str, str] = {
@@ -37,6 +39,29 @@ def adapter_class(provider: str) -> type[ProviderAdapter]:
 
 def rules_for(provider: str) -> ProviderRules:
     return adapter_class(provider).rules
+
+
+def admissible(request: CancelRequest) -> ActionRule:
+    """The rule the request is carried out under, or ``RuleViolation`` (its ``code`` the
+    rule's: ``action_not_supported``, ``invalid_reference``, ``reason_required``,
+    ``invalid_options``, ``provider_not_supported``).
+
+    Exactly the worker's test before a call (``check`` against the provider's table), for
+    a producer to refuse before sending what the worker would end ``rejected``.
+
+    Examples:
+        >>> admissible(CancelRequest(request_id="r-1", provider="gu1", action="cancel",
+        ...     reference="v-1", requested_by="ops"))
+        Traceback (most recent call last):
+        ...
+        worker.errors.RuleViolation: gu1 requires a reason of at least 5 characters to cancel
+    """
+    try:
+        rules = rules_for(request.provider)
+    except KeyError:
+        raise RuleViolation("provider_not_supported",
+                            f"no adapter for provider {request.provider}", "provider") from None
+    return check(request, rules)
 
 
 def supported_providers() -> list[str]:

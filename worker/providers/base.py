@@ -1,9 +1,12 @@
 """What every provider adapter shares: one pooled HTTP client, and the answers that
 mean the same thing everywhere (timeouts, 429, 5xx, 401/403, 404).
 
-An adapter never imports Celery: it takes a validated request and either returns a
-``ProviderAnswer`` or raises one of ``worker.providers.errors``. Tests hand it an
-``httpx.MockTransport`` (unit) or point it at the simulator (integration).
+An adapter never imports Celery: it takes a request that passed its ``rules`` table
+(``rules.check``) and either returns a ``ProviderAnswer`` or raises one of
+``worker.providers.errors``. What a request must meet is data in that table, never code
+in an adapter, so that the producer refuses exactly what the worker would, without one.
+Tests hand it an ``httpx.MockTransport`` (unit) or point it at the simulator
+(integration).
 """
 
 from __future__ import annotations
@@ -15,15 +18,14 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, ClassVar, NoReturn, TypeVar
+from typing import Any, ClassVar, NoReturn
 from urllib.parse import quote
 
 import httpx
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import SecretStr
 
 from config.settings import Settings
 from worker.contract import CancelRequest, Outcome
-from worker.errors import RuleViolation
 from worker.providers.errors import (
     AnswerLost,
     NotFound,
@@ -37,8 +39,6 @@ from worker.providers.errors import (
 )
 from worker.providers.rules import ActionRule, ProviderRules
 from worker.providers.transport import PooledTransport
-
-OptionsT = TypeVar("OptionsT", bound=BaseModel)
 
 #: Sent with every call; an adapter's own headers win (Jumio names the business in its
 #: User-Agent: it refuses library defaults).
@@ -129,21 +129,6 @@ def blocking_status(body: Mapping[str, Any], message: str, rule: ActionRule,
     return named.pop() if len(named) == 1 else None
 
 
-def validate_options(model: type[OptionsT], options: Mapping[str, Any], what: str
-                     ) -> OptionsT:
-    """``options`` as ``model``, or ``RuleViolation("invalid_options")`` naming each field
-    (``what`` says whose options: "Jumio", "OneSpan delete")."""
-    try:
-        return model.model_validate(options)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"options.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise RuleViolation("invalid_options",
-                            short(f"invalid {what} options: {problems}")) from None
-
-
 def short(text: object) -> str:
     return str(text)[:MAX_ERROR_TEXT]
 
@@ -167,13 +152,6 @@ class ProviderAdapter(abc.ABC):
         # cookie from one session's answer must not ride along on the next session's).
         self.transport = transport or PooledTransport()
         self._timeout = httpx.Timeout(settings.http_timeout_seconds).as_dict()
-
-    def validate(self, request: CancelRequest) -> None:
-        """Check provider-specific ``options`` before anything is claimed or called.
-
-        Raise ``worker.errors.RuleViolation`` to end the request ``rejected`` (no call).
-        """
-        return  # most providers take no options
 
     @abc.abstractmethod
     def execute(self, request: CancelRequest, rule: ActionRule) -> ProviderAnswer:

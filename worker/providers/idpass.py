@@ -26,6 +26,7 @@ RULES = ProviderRules(
             done_status="cancelled",
             outcome=Outcome.CANCELLED,
             reference_pattern=UUID,
+            reference_format="a UUID (8-4-4-4-12 hex digits)",
             refund_from=frozenset({"new", "opened"}),
         ),
     },

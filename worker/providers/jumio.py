@@ -21,7 +21,7 @@ document       ``…/documents/{ref}``             retrieval.netverify.com /
 
 ``region`` is ``us`` (default), ``eu`` or ``sgp``; every host is a setting
 (``IDVCANCEL_JUMIO_BASE_URL_*``, ``IDVCANCEL_JUMIO_RETRIEVAL_BASE_URL_*``). A bad option
-is refused before any call (``validate``: ``rejected``, code ``invalid_options``).
+is refused before any call (``RULES``: ``rejected``, code ``invalid_options``).
 
 Answers: 200 (no documented body) → ``deleted``; 404 → ``not_found``; 401/403 →
 ``unauthorized``; 429 (``{"title", "status", "detail"}``, maybe ``Retry-After``) and 5xx
@@ -49,34 +49,15 @@ from worker.providers.base import (
     join_url,
     json_body,
     short,
-    validate_options,
 )
 from worker.providers.errors import ProviderRejected
-from worker.providers.rules import ActionRule, ProviderRules
+from worker.providers.rules import ActionRule, ProviderRules, validate_options
 
 USER_AGENT_SETTING = "IDVCANCEL_JUMIO_USER_AGENT"
 #: User-Agents Jumio treats as suspicious (answered 403): library defaults, not a business.
 GENERIC_USER_AGENTS = ("python-httpx", "python-requests", "python-urllib", "curl", "wget")
 
 STATUSES = frozenset({"PENDING", "DONE", "FAILED"})
-
-RULES = ProviderRules(
-    provider="jumio",
-    actions={
-        "delete": ActionRule(
-            # Any transaction can be deleted, whatever its status.
-            allowed_from=STATUSES,
-            # Not a Jumio status: a deleted transaction reads as 404 (see read_status).
-            done_status="DELETED",
-            outcome=Outcome.DELETED,
-            reference_max_length=36,
-        ),
-    },
-    statuses=STATUSES,
-    # Only a scan still PENDING is an application in flight: the sweep and supersede
-    # delete those; finished scans are deleted only on request.
-    in_flight=frozenset({"PENDING"}),
-)
 
 Product = Literal["scan", "authentication", "document"]
 Region = Literal["us", "eu", "sgp"]
@@ -98,6 +79,26 @@ class JumioOptions(BaseModel):
     region: Region = "us"
 
 
+RULES = ProviderRules(
+    provider="jumio",
+    actions={
+        "delete": ActionRule(
+            # Any transaction can be deleted, whatever its status.
+            allowed_from=STATUSES,
+            # Not a Jumio status: a deleted transaction reads as 404 (see read_status).
+            done_status="DELETED",
+            outcome=Outcome.DELETED,
+            reference_max_length=36,
+            options=JumioOptions,
+        ),
+    },
+    statuses=STATUSES,
+    # Only a scan still PENDING is an application in flight: the sweep and supersede
+    # delete those; finished scans are deleted only on request.
+    in_flight=frozenset({"PENDING"}),
+)
+
+
 def parse_options(request: CancelRequest) -> JumioOptions:
     """The validated options, or ``RuleViolation("invalid_options")`` naming the field.
 
@@ -108,9 +109,9 @@ def parse_options(request: CancelRequest) -> JumioOptions:
         >>> parse_options(req)  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
-        worker.errors.RuleViolation: invalid Jumio options: options.region: ...
+        worker.errors.RuleViolation: invalid jumio delete options: options.region: ...
     """
-    return validate_options(JumioOptions, request.options, "Jumio")
+    return validate_options(JumioOptions, request.options, "jumio delete")
 
 
 def base_url(settings: Settings, options: JumioOptions) -> str:
@@ -158,9 +159,6 @@ def startup_warnings(settings: Settings) -> list[str]:
 class JumioAdapter(ProviderAdapter):
     rules = RULES
 
-    def validate(self, request: CancelRequest) -> None:
-        parse_options(request)
-
     def _headers(self) -> dict[str, str]:
         """Basic auth and the mandatory User-Agent; ``unauthorized`` when one is unset."""
         agent = self.require(self.settings.jumio_user_agent.strip(), USER_AGENT_SETTING)
@@ -181,7 +179,7 @@ class JumioAdapter(ProviderAdapter):
         try:
             options = parse_options(request)
         except RuleViolation as exc:
-            # validate() refuses these before the pipeline calls; should one get here,
+            # RULES refuses these before the pipeline calls; should one get here,
             # end it rejected without a call (a RuleViolation here would be retried).
             raise ProviderRejected(exc.message, code=exc.code) from None
         return transaction_url(self.settings, options, request.reference)

@@ -62,7 +62,6 @@ from worker.providers.base import (
     join_url,
     json_body,
     short,
-    validate_options,
 )
 from worker.providers.batching import BatchError, Coalescer
 from worker.providers.errors import (
@@ -72,7 +71,7 @@ from worker.providers.errors import (
     ProviderRejected,
     TransientError,
 )
-from worker.providers.rules import ActionRule, ProviderRules
+from worker.providers.rules import ActionRule, ProviderRules, validate_options
 
 TENANT_SETTING = "IDVCANCEL_ONESPAN_TENANT"
 
@@ -90,28 +89,6 @@ STATUSES = frozenset({
     "workflow_in_progress", "workflow_completed", "autosigned", "vaulted",
 })
 
-RULES = ProviderRules(
-    provider="onespan",
-    actions={
-        "cancel": ActionRule(
-            allowed_from=CANCELLABLE,
-            done_status="cancelled",
-            outcome=Outcome.CANCELLED,
-        ),
-        "delete": ActionRule(
-            # Active transactions must be cancelled before they can be marked.
-            allowed_from=STATUSES - CANCELLABLE,
-            done_status=MARKED,
-            outcome=Outcome.DELETED,
-        ),
-    },
-    statuses=STATUSES,
-)
-
-_STATUS_IN_TEXT = re.compile(r"\bstatus\s+([a-z_]+)")
-#: "… - Accepted", but not "… - Not accepted".
-_ACCEPTED = re.compile(r"(?<!not )\baccepted\b", re.IGNORECASE)
-
 
 class CancelOptions(BaseModel):
     """A cancel takes no options."""
@@ -124,7 +101,32 @@ class DeleteOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    grace_period: int = Field(0, ge=0)
+    grace_period: int = Field(0, ge=0, description="days")
+
+
+RULES = ProviderRules(
+    provider="onespan",
+    actions={
+        "cancel": ActionRule(
+            allowed_from=CANCELLABLE,
+            done_status="cancelled",
+            outcome=Outcome.CANCELLED,
+            options=CancelOptions,
+        ),
+        "delete": ActionRule(
+            # Active transactions must be cancelled before they can be marked.
+            allowed_from=STATUSES - CANCELLABLE,
+            done_status=MARKED,
+            outcome=Outcome.DELETED,
+            options=DeleteOptions,
+        ),
+    },
+    statuses=STATUSES,
+)
+
+_STATUS_IN_TEXT = re.compile(r"\bstatus\s+([a-z_]+)")
+#: "… - Accepted", but not "… - Not accepted".
+_ACCEPTED = re.compile(r"(?<!not )\baccepted\b", re.IGNORECASE)
 
 
 def parse_options(request: CancelRequest) -> CancelOptions | DeleteOptions:
@@ -140,7 +142,7 @@ def parse_options(request: CancelRequest) -> CancelOptions | DeleteOptions:
     model: type[CancelOptions | DeleteOptions] = (
         DeleteOptions if request.action == "delete" else CancelOptions
     )
-    return validate_options(model, request.options, f"OneSpan {request.action}")
+    return validate_options(model, request.options, f"onespan {request.action}")
 
 
 def error_message(response: httpx.Response) -> str:
@@ -263,14 +265,11 @@ class OneSpanAdapter(ProviderAdapter):
     def tenant(self) -> str:
         return self.require(self.settings.onespan_tenant.strip(), TENANT_SETTING)
 
-    def validate(self, request: CancelRequest) -> None:
-        parse_options(request)
-
     def execute(self, request: CancelRequest, rule: ActionRule) -> ProviderAnswer:
         try:
             options = parse_options(request)
         except RuleViolation as exc:
-            # validate() refuses these before the pipeline calls; should one get here,
+            # RULES refuses these before the pipeline calls; should one get here,
             # end it rejected without a call (a RuleViolation here would be retried).
             raise ProviderRejected(exc.message, code=exc.code) from None
         if isinstance(options, DeleteOptions):

@@ -1,9 +1,12 @@
 """Lifecycle rules as data: one ``ProviderRules`` table per provider, read by ``check``.
 
 A table says which actions a provider has an API for, which session statuses allow
-them, what the provider insists on (a reason, a short reference) and which status a
-session shows once the action is done. Tasks never branch on a provider name; they
-ask ``check`` before any call, and the sweep asks ``is_actionable``.
+them, what the provider insists on (a reason, a reference's length or format, the
+options it reads) and which status a session shows once the action is done. Tasks
+never branch on a provider name. ``check`` is the one test of a request against them:
+the worker asks it before any call, the producer (``worker.providers.admissible``)
+before sending, so what one refuses the other refuses too; the sweep asks
+``is_actionable``. ``worker.providers.rulesdoc`` renders the tables for the README.
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from worker.contract import ActionName, CancelRequest, Outcome
 from worker.errors import RuleViolation
+
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+#: Longest text of a refusal: option errors name each field, and there may be many.
+MAX_MESSAGE = 200
 
 
 @dataclass(frozen=True)
@@ -29,6 +40,10 @@ class ActionRule:
             is required; 0 means the reason is optional.
         reference_max_length: longer references are refused before any call.
         reference_pattern: references must match it (full match) when set.
+        reference_format: what ``reference_pattern`` means, for people ("a UUID"):
+            the refusal and the README say it instead of the expression.
+        options: the model the request's ``options`` must satisfy (strict, unknown keys
+            refused); None: the provider reads no options, and any are ignored.
         refund_from: statuses from which a cancel refunds the fee (ID Pass).
     """
 
@@ -38,6 +53,8 @@ class ActionRule:
     reason_min_length: int = 0
     reference_max_length: int | None = None
     reference_pattern: re.Pattern[str] | None = None
+    reference_format: str = ""
+    options: type[BaseModel] | None = None
     refund_from: frozenset[str] = frozenset()
 
 
@@ -94,6 +111,7 @@ def check(request: CancelRequest, rules: ProviderRules) -> ActionRule:
         raise RuleViolation(
             "action_not_supported",
             f"{rules.provider} has no API to {request.action} a session; only: {supported}",
+            "action",
         )
     reference = request.reference
     if rule.reference_max_length is not None and len(reference) > rule.reference_max_length:
@@ -101,11 +119,14 @@ def check(request: CancelRequest, rules: ProviderRules) -> ActionRule:
             "invalid_reference",
             f"{rules.provider} references are at most {rule.reference_max_length} characters;"
             f" got {len(reference)}",
+            "reference",
         )
     if rule.reference_pattern is not None and not rule.reference_pattern.fullmatch(reference):
         raise RuleViolation(
             "invalid_reference",
-            f"{rules.provider} references must match {rule.reference_pattern.pattern}",
+            f"{rules.provider} references must be"
+            f" {rule.reference_format or f'a match of {rule.reference_pattern.pattern}'}",
+            "reference",
         )
     if rule.reason_min_length:
         reason = (request.reason or "").strip()
@@ -114,5 +135,31 @@ def check(request: CancelRequest, rules: ProviderRules) -> ActionRule:
                 "reason_required",
                 f"{rules.provider} requires a reason of at least {rule.reason_min_length}"
                 f" characters to {request.action}",
+                "reason",
             )
+    if rule.options is not None:
+        validate_options(rule.options, request.options, f"{rules.provider} {request.action}")
     return rule
+
+
+def validate_options(model: type[OptionsT], options: Mapping[str, Any], what: str
+                     ) -> OptionsT:
+    """``options`` as ``model``, or ``RuleViolation("invalid_options")`` naming each field
+    (``what`` says whose options: "jumio delete"), never echoing a value.
+
+    Examples:
+        >>> from worker.providers.onespan import DeleteOptions
+        >>> validate_options(DeleteOptions, {"grace_period": -1}, "onespan delete")
+        Traceback (most recent call last):
+        ...
+        worker.errors.RuleViolation: invalid onespan delete options: options.grace_period: Input should be greater than or equal to 0
+    """  # noqa: E501
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"options.{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise RuleViolation("invalid_options", f"invalid {what} options: {problems}"[:MAX_MESSAGE],
+                            "options") from None

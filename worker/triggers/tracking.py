@@ -430,10 +430,19 @@ def shared_client(settings: Settings) -> redis.Redis:
 
 def shared_sender(settings: Settings) -> Sender:
     """This process's producer for ``settings.redis_url`` (one broker connection pool),
-    signing its messages when the workers expect signed ones."""
+    signing its messages when the workers expect signed ones.
+
+    It sends a request that breaks its provider's rules instead of refusing it
+    (``check_rules=False``): what the sweep, supersede and the reconciler send has no
+    caller to be told — a tracked session whose cancel cannot be carried out (an ID Pass
+    reference that is no UUID, Jumio options it does not know), a request admitted
+    before a rule tightened. Refused here, it would stop the whole run (and a sweep
+    would claim it again forever) or vanish; sent, the worker records it ``rejected``
+    with the rule's code, in the results and the audit chain, and the session is closed.
+    """
     with _lock:
         sender = _senders.get(settings.redis_url)
         if sender is None:
-            sender = _senders[settings.redis_url] = Producer(settings.redis_url,
-                                                             settings=settings)
+            sender = _senders[settings.redis_url] = Producer(
+                settings.redis_url, settings=settings, check_rules=False)
         return sender
