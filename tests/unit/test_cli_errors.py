@@ -1,8 +1,8 @@
 """What a script and a person get from ``idvcancel`` when the environment is wrong: the
 real entry point, run as a subprocess, answers a bad setting with exit 2 and an
 unreachable Redis or RabbitMQ with exit 1 - each as exactly one line on stderr starting
-``idvcancel: error:``, no traceback, and an unreachable service at once (a probe of 1 s,
-not the clients' retries)."""
+``idvcancel: error:``, no traceback, and an unreachable service at once (a probe of at
+most a second, not the clients' retries and 10 s timeouts)."""
 
 from __future__ import annotations
 
@@ -87,6 +87,20 @@ def test_an_unreachable_redis_is_one_line_at_once_and_exit_1(command: list[str])
                            " (IDVCANCEL_REDIS_URL): "), line
     assert "s3cret" not in proc.stderr + proc.stdout
     assert took < 10, f"took {took:.1f} s"  # a probe of 1 s; the client's retries took 5+
+
+
+def test_a_redis_that_accepts_but_never_answers_is_one_line_at_once() -> None:
+    # Given a port that accepts connections and never answers (a hung server)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+        # When a command is run
+        proc, took = run_cli("status", "r-1", IDVCANCEL_REDIS_URL=url)
+    # Then it says so in one line and exits 1, without waiting out the client's timeouts
+    assert proc.returncode == 1, proc.stderr
+    assert one_error_line(proc).startswith(f"cannot reach Redis at {url} (IDVCANCEL_REDIS_URL):")
+    assert took < 10, f"took {took:.1f} s"  # 0.5 s + 0.5 s; before, over 5 minutes
 
 
 def test_an_unreachable_rabbitmq_is_one_line_at_once_and_exit_1(redis_url: str) -> None:

@@ -1,4 +1,4 @@
-"""Do the services a command needs answer? Asked once, up front, with a 1 s timeout.
+"""Do the services a command needs answer? Asked once, up front, within a second.
 
 The clients the commands then work with ride out short blips (``worker.redis_client``:
 retries with backoff, seconds in all), which is right half-way through a long
@@ -18,8 +18,10 @@ from config.urls import masked
 from worker.errors import IdvCancelError, Unreachable
 from worker.redis_client import probe_client
 
-#: How long the RabbitMQ probe waits to connect (``probe_client``'s timeout for Redis).
-PROBE_SECONDS = 1
+#: How long a probe waits to connect, and then for the answer: half a second each, so
+#: that even a server that accepts the connection and then says nothing is reported
+#: within a second.
+PROBE_SECONDS = 0.5
 
 
 def reach_redis(settings: Settings) -> None:
@@ -50,7 +52,7 @@ def reach_broker(settings: Settings) -> None:
 
 
 def _ping(url: str, variable: str) -> None:
-    client = probe_client(url)
+    client = probe_client(url, timeout=PROBE_SECONDS)
     try:
         client.ping()
     except redis.InvalidResponse as exc:  # something else listens there (an HTTP proxy...)
