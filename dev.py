@@ -5,16 +5,19 @@
     python3 dev.py test    # create .venv, install, run the whole test suite (doctests too)
     python3 dev.py lint    # create .venv, install, run ruff and mypy --strict
 
-Both create ``.venv`` beside this file on first use and reuse it afterwards.
+Each creates ``.venv`` beside this file on first use and reuses it afterwards.
 Any further arguments are passed on (``python3 dev.py test -m 'not slow'``).
+Without a network (or with a proxy or index pip cannot use) it ends, exit 1, with two
+lines saying what pip failed to install and what to check.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
-import venv
+import venv as venv_module
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -23,21 +26,45 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 STAMP = VENV / ".installed-from"
 
 
-def ensure_env() -> None:
-    """Create the virtual environment and install the project with its dev extras."""
+#: What to do when pip cannot reach its index, said after what failed.
+NETWORK_HINT = ("check the network, a proxy (HTTPS_PROXY) or the package index"
+                " (PIP_INDEX_URL, PIP_FIND_LINKS), then run dev.py again")
+
+
+def pip_install(python: Path, what: str, *args: str) -> None:
+    """``python -m pip install ARGS``; if pip fails, end dev.py with two lines saying what
+    failed and what to do (pip's own message, printed above them, says why)."""
+    command = [str(python), "-m", "pip", "install", "--disable-pip-version-check", "-q", *args]
+    try:
+        subprocess.run(command, check=True)
+    except subprocess.CalledProcessError as exc:
+        sys.exit(f"dev.py: error: pip could not install {what} (pip install {' '.join(args)}"
+                 f" exited {exc.returncode})\ndev.py: {NETWORK_HINT}")
+
+
+def ensure_env(venv: Path = VENV) -> None:
+    """Create the virtual environment ``venv`` and install the project with its dev
+    extras into it (again whenever pyproject.toml changed)."""
     if sys.version_info < (3, 11):  # noqa: UP036 - dev.py runs on whatever python3 the user has
         sys.exit("idv-cancel needs Python 3.11 or newer")
-    if not (BIN / "python").exists():
-        print("creating .venv ...", flush=True)
-        venv.EnvBuilder(with_pip=True).create(VENV)
+    python = venv / BIN.name / "python"
+    stamp = venv / STAMP.name
+    if not python.exists():
+        print(f"creating {venv.name} ...", flush=True)
+        try:
+            venv_module.EnvBuilder(with_pip=True).create(venv)
+        except subprocess.CalledProcessError as exc:  # ensurepip failed
+            shutil.rmtree(venv, ignore_errors=True)  # half made: start afresh next time
+            sys.exit(f"dev.py: error: could not create {venv} with pip (ensurepip exited"
+                     f" {exc.returncode})\ndev.py: on Debian or Ubuntu install python3-venv"
+                     " (apt-get install python3-venv), then run dev.py again")
     wanted = (ROOT / "pyproject.toml").read_text()
-    if STAMP.exists() and STAMP.read_text() == wanted:
+    if stamp.exists() and stamp.read_text() == wanted:
         return
-    print("installing idv-cancel and its dependencies into .venv ...", flush=True)
-    pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "--upgrade", "pip"], check=True)
-    subprocess.run([*pip, "-e", f"{ROOT}[dev]"], check=True)
-    STAMP.write_text(wanted)
+    print(f"installing idv-cancel and its dependencies into {venv.name} ...", flush=True)
+    pip_install(python, "a current pip", "--upgrade", "pip")
+    pip_install(python, "idv-cancel and its dependencies", "-e", f"{ROOT}[dev]")
+    stamp.write_text(wanted)
 
 
 def main() -> int:

@@ -6,15 +6,61 @@ The README lists each variable. Secrets are ``SecretStr`` so that printing a
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from config.broker import DEFAULT_DELIVERY_LIMIT, is_amqp, is_redis
+from config.broker import DEFAULT_DELIVERY_LIMIT, is_amqp
 from config.names import PROVIDERS
+from config.urls import check_broker_url, check_http_url, check_redis_url, masked
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def _json_object(value: Any) -> Any:
+    """An environment variable's text read as a JSON object (pydantic-settings would
+    otherwise parse it before validation and raise a ``SettingsError`` that names
+    neither the variable nor what it accepts)."""
+    if not isinstance(value, str):
+        return value
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not JSON ({exc.msg} at character {exc.pos + 1}); expected a"
+                         ' JSON object of provider to number, e.g. {"txcloud": 16.6}') from None
+    if not isinstance(parsed, dict):
+        raise ValueError('expected a JSON object of provider to number, e.g. {"txcloud": 16.6}')
+    return parsed
+
+
+def _known_providers(value: dict[str, float]) -> dict[str, float]:
+    # A typo in a provider name would otherwise silently keep the default.
+    for provider in value:
+        if provider not in PROVIDERS:
+            raise ValueError(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
+    return value
+
+
+#: A state-store Redis URL, a broker URL, a provider's base URL.
+RedisUrl = Annotated[str, AfterValidator(check_redis_url)]
+BrokerUrl = Annotated[str, AfterValidator(check_broker_url)]
+BaseUrl = Annotated[str, AfterValidator(check_http_url)]
+#: provider -> requests per second (0 = no limit), and provider -> seconds (> 0), each
+#: from a JSON object such as ``IDVCANCEL_RATE_LIMITS='{"txcloud": 16.6}'``.
+RatesPerProvider = Annotated[dict[str, Annotated[float, Field(ge=0)]], NoDecode,
+                             BeforeValidator(_json_object), AfterValidator(_known_providers)]
+SecondsPerProvider = Annotated[dict[str, Annotated[float, Field(gt=0)]], NoDecode,
+                               BeforeValidator(_json_object), AfterValidator(_known_providers)]
 
 
 class Settings(BaseSettings):
@@ -27,11 +73,11 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="IDVCANCEL_", extra="ignore")
 
-    redis_url: str = DEFAULT_REDIS_URL
+    redis_url: RedisUrl = DEFAULT_REDIS_URL
     # The broker. Unset: Redis at ``redis_url`` (one server for queue and state).
     # ``amqp://...``: RabbitMQ carries the queue (a quorum queue, config/broker.py) and
     # Redis at ``redis_url`` stays the state store (ledger, streams, dead letters, ...).
-    broker_url: str = ""
+    broker_url: BrokerUrl = ""
     # RabbitMQ only: deliveries of one message that may end without an ack (its worker
     # died or lost its connection) before the broker dead-letters it; the worker then
     # answers it ``rejected`` on the record instead of letting it kill worker after worker.
@@ -60,7 +106,7 @@ class Settings(BaseSettings):
     # Requests per second per provider, shared through Redis (0 or absent = no limit).
     # Defaults from the published limits: TXCloud's smallest plan 60/min, Jumio
     # retrieval 15/s. Set e.g. IDVCANCEL_RATE_LIMITS='{"txcloud": 16.6}'.
-    rate_limits: dict[str, float] = Field(
+    rate_limits: RatesPerProvider = Field(
         default_factory=lambda: {"txcloud": 1.0, "jumio": 15.0}
     )
     # Port for /metrics and /healthz on each worker process (0 = off).
@@ -73,36 +119,27 @@ class Settings(BaseSettings):
     signing_cert_store: str = ""
 
     # Provider endpoints and credentials.
-    idpass_base_url: str = "https://idpass.example.invalid"
+    idpass_base_url: BaseUrl = "https://idpass.example.invalid"
     idpass_token: SecretStr = SecretStr("")
-    txcloud_base_url: str = "https://api.txcloud.io/v1"
+    txcloud_base_url: BaseUrl = "https://api.txcloud.io/v1"
     txcloud_api_key: SecretStr = SecretStr("")
-    gu1_base_url: str = "https://api.gu1.ai"
+    gu1_base_url: BaseUrl = "https://api.gu1.ai"
     gu1_api_key: SecretStr = SecretStr("")
-    jumio_base_url_us: str = "https://netverify.com"
-    jumio_base_url_eu: str = "https://lon.netverify.com"
-    jumio_base_url_sgp: str = "https://core-sgp.jumio.com"
-    jumio_retrieval_base_url_us: str = "https://retrieval.netverify.com"
-    jumio_retrieval_base_url_eu: str = "https://retrieval.lon.netverify.com"
-    jumio_retrieval_base_url_sgp: str = "https://retrieval.core-sgp.jumio.com"
+    jumio_base_url_us: BaseUrl = "https://netverify.com"
+    jumio_base_url_eu: BaseUrl = "https://lon.netverify.com"
+    jumio_base_url_sgp: BaseUrl = "https://core-sgp.jumio.com"
+    jumio_retrieval_base_url_us: BaseUrl = "https://retrieval.netverify.com"
+    jumio_retrieval_base_url_eu: BaseUrl = "https://retrieval.lon.netverify.com"
+    jumio_retrieval_base_url_sgp: BaseUrl = "https://retrieval.core-sgp.jumio.com"
     jumio_api_token: SecretStr = SecretStr("")
     jumio_api_secret: SecretStr = SecretStr("")
     jumio_user_agent: str = ""
-    onespan_base_url: str = "https://onespan.example.invalid"
+    onespan_base_url: BaseUrl = "https://onespan.example.invalid"
     onespan_token: SecretStr = SecretStr("")
     onespan_tenant: str = ""
     # OneSpan deletes arriving within this many milliseconds of each other (same grace
     # period) go out in one mark-for-erasure call of up to 500 ids (0 = one call each).
     onespan_batch_window_ms: float = Field(50.0, ge=0, le=1000)
-
-    @field_validator("broker_url")
-    @classmethod
-    def _broker_is_redis_or_rabbitmq(cls, value: str) -> str:
-        if value and not (is_amqp(value) or is_redis(value)):
-            raise ValueError(
-                f"IDVCANCEL_BROKER_URL: {value.split('://', maxsplit=1)[0]!r} is not a broker this"
-                " worker speaks; use amqp://, amqps:// (RabbitMQ) or redis://, rediss://")
-        return value
 
     @property
     def broker(self) -> str:
@@ -140,7 +177,7 @@ class Settings(BaseSettings):
     sweep_interval_seconds: float = Field(300.0, gt=0)
     # provider -> seconds without activity before the sweep cancels a session, as a JSON
     # object; a provider left out keeps its rules table's ``abandoned_after``.
-    sweep_after_seconds: dict[str, float] = Field(default_factory=dict)
+    sweep_after_seconds: SecondsPerProvider = Field(default_factory=dict)
     # Most sessions one sweep run claims, all providers together (shared fairly).
     sweep_batch_size: int = Field(10_000, ge=1)
     # A claim not released after this long belongs to a sweep (or track) that died
@@ -233,19 +270,6 @@ class Settings(BaseSettings):
                 " expired would be carried out again")
         return self
 
-    @field_validator("sweep_after_seconds")
-    @classmethod
-    def _sweep_thresholds_are_known_and_positive(cls, value: dict[str, float]
-                                                 ) -> dict[str, float]:
-        # A typo in a provider name would otherwise silently keep the default.
-        for provider, seconds in value.items():
-            if provider not in PROVIDERS:
-                raise ValueError(f"IDVCANCEL_SWEEP_AFTER_SECONDS: unknown provider {provider!r};"
-                                 f" known: {', '.join(PROVIDERS)}")
-            if not seconds > 0:
-                raise ValueError(f"IDVCANCEL_SWEEP_AFTER_SECONDS: {provider} must be > 0 seconds")
-        return value
-
     @model_validator(mode="after")
     def _ledger_outlives_redelivery(self) -> Settings:
         # A finished ledger that expires before a redelivered copy arrives lets that copy
@@ -264,10 +288,15 @@ def get_settings() -> Settings:
     return Settings()
 
 
+#: Settings whose value a message never shows, besides every ``SecretStr``: a key's path
+#: is no secret, but the key itself pasted into the variable by mistake would be.
+NEVER_SHOWN = frozenset({"signing_key", "audit_signing_key"})
+
+
 def describe_settings_error(error: ValidationError) -> str:
     """One line naming each refused variable, what it got and what it accepts.
 
-    Secrets are never echoed (only that the value was refused).
+    A secret's value is never echoed (only that it was refused), nor a URL's password.
 
     Examples:
         >>> try:
@@ -276,17 +305,29 @@ def describe_settings_error(error: ValidationError) -> str:
         ...     print(describe_settings_error(exc))
         ... # doctest: +ELLIPSIS
         IDVCANCEL_RETRY_MAX_ATTEMPTS='abc': Input should be a valid integer, ...
+        >>> try:
+        ...     Settings(redis_url="redis://:pw@cache:port/0")
+        ... except ValidationError as exc:
+        ...     print(describe_settings_error(exc))
+        ... # doctest: +ELLIPSIS
+        IDVCANCEL_REDIS_URL='redis://:***@cache:port/0': Port could not be cast ...; expected ...
     """
     parts = []
     for item in error.errors():
         message = str(item["msg"]).removeprefix("Value error, ")
-        field = str(item["loc"][0]) if item["loc"] else ""
-        if not field:  # a check across settings: its message names the variables
+        if not item["loc"]:  # a check across settings: its message names the variables
             parts.append(message)
             continue
-        variable = f"IDVCANCEL_{field.upper()}"
-        secret = Settings.model_fields.get(field) is not None and (
-            Settings.model_fields[field].annotation is SecretStr)
-        shown = "(hidden)" if secret else repr(item.get("input"))[:80]
-        parts.append(f"{variable}={shown}: {message}")
-    return "; ".join(parts)
+        field, *within = (str(part) for part in item["loc"])
+        variable = f"IDVCANCEL_{field.upper()}" + "".join(f"[{key!r}]" for key in within)
+        parts.append(f"{variable}={_shown(field, item.get('input'))}: {message}")
+    return " ".join("; ".join(parts).splitlines())
+
+
+def _shown(field: str, value: Any) -> str:
+    """``value`` as a message may show it: secrets hidden, URL passwords masked, short."""
+    known = Settings.model_fields.get(field)
+    if field in NEVER_SHOWN or (known is not None and known.annotation is SecretStr):
+        return "(hidden)"
+    text = repr(masked(value) if isinstance(value, str) else value)
+    return text if len(text) <= 80 else f"{text[:77]}..."

@@ -14,6 +14,7 @@ operator command that cannot be done, the audit archive, and the local machinery
     │   └── RuleViolation                  a request breaks a provider's rule
     ├── BrokerError (ConnectionError)
     │   └── PublishNotConfirmed            RabbitMQ did not confirm every message of a batch
+    ├── Unreachable (ConnectionError)      a service a command needs does not answer
     ├── DeadLetterError                    a replay that cannot be done (``exit_code``)
     │   ├── EntryNotFound
     │   └── NotReplayable
@@ -37,7 +38,7 @@ __all__ = [
     "ArchiveBusy", "ArchiveError", "ArchiveMismatch", "BrokerError", "DeadLetterError", "DemoError",
     "EntryNotFound", "IdvCancelError", "InvalidInput", "InvalidRequest", "InvalidRequests",
     "InvalidSession", "LocalError", "NotReplayable", "PublishNotConfirmed", "RabbitNodeError",
-    "RedisServerError", "RuleViolation", "WorkerStartError",
+    "RedisServerError", "RuleViolation", "Unreachable", "WorkerStartError",
 ]
 
 
@@ -107,6 +108,15 @@ class PublishNotConfirmed(BrokerError):
     """The broker did not confirm every message of a batch (nack, or no answer in time).
 
     Some of the batch may be on the queue: sending it again is safe."""
+
+
+class Unreachable(IdvCancelError, ConnectionError):
+    """Redis or RabbitMQ did not answer; the message names which, where (password
+    masked), the variable that says where, and why."""
+
+    def __init__(self, service: str, where: str, variable: str, reason: str) -> None:
+        super().__init__(f"cannot reach {service} at {where} ({variable}): {reason}")
+        self.service = service
 
 
 # -- operator commands -----------------------------------------------------------------

@@ -5,8 +5,8 @@ everywhere, so a slow or restarting Redis looks the same to every part of the wo
   backoff on connection errors and timeouts), answers text (``decode_responses``).
 - ``redis_client(url, decode=False)``: the same, answering bytes (the producer pushes
   bytes it built itself).
-- ``probe_client(url)``: for health checks: no retries and a 1 s timeout, so a probe
-  says "unhealthy" at once instead of hanging while Redis is away.
+- ``probe_client(url)``: for health checks: no retries and a 1 s timeout (or the one
+  given), so a probe says "unhealthy" at once instead of hanging while Redis is away.
 """
 
 from __future__ import annotations
@@ -29,6 +29,6 @@ def redis_client(url: str, *, decode: bool = True) -> redis.Redis:
     )
 
 
-def probe_client(url: str) -> redis.Redis:
-    """A client for health probes: one try, 1 s to connect and to answer."""
-    return redis.Redis.from_url(url, socket_timeout=1, socket_connect_timeout=1)
+def probe_client(url: str, timeout: float = 1.0) -> redis.Redis:
+    """A client for health probes: one try, ``timeout`` seconds to connect and to answer."""
+    return redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)

@@ -1,6 +1,8 @@
 """What every ``idvcancel`` command shares: exit codes, the one-line error, the group
-class that turns any error into that line, the Redis client and the producer built from
-the settings, and JSON output. ``worker.ops.cli`` and ``worker.ops.cli_proof`` import it.
+class that turns any error into that line (``one_line``: a bad setting, an unreachable
+Redis or RabbitMQ, our own errors), the Redis client and the producer built from the
+settings once their servers answered (``worker.ops.reach``), and JSON output.
+``worker.ops.cli`` and ``worker.ops.cli_proof`` import it.
 """
 
 from __future__ import annotations
@@ -21,18 +23,41 @@ EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
 
 
+def say_error(message: str) -> None:
+    """``idvcancel: error: MESSAGE`` on stderr, on one line whatever ``message`` holds."""
+    click.echo(f"idvcancel: error: {' '.join(message.splitlines())}", err=True)
+
+
 def fail(message: str, code: int = EXIT_CHECK_FAILED) -> NoReturn:
     """Print one line on stderr and exit with ``code``."""
-    click.echo(f"idvcancel: error: {message}", err=True)
+    say_error(message)
     sys.exit(code)
 
 
-def _connection_error(exc: Exception) -> bool:
-    import kombu.exceptions
-    import redis
+def one_line(exc: Exception) -> tuple[str, int] | None:
+    """What a command that raised ``exc`` says, and exits with; None for a bug (its
+    traceback is then the report). The one place where a bad setting (exit 2), an
+    unreachable Redis or RabbitMQ (exit 1) and our own errors become one line."""
+    from pydantic import ValidationError
 
-    return isinstance(exc, redis.ConnectionError | redis.TimeoutError
-                      | kombu.exceptions.OperationalError)
+    from config.settings import Settings, describe_settings_error, get_settings
+    from worker.errors import IdvCancelError, InvalidInput
+    from worker.ops.reach import unreachable
+
+    if isinstance(exc, ValidationError):
+        if exc.title != Settings.__name__:
+            return None
+        return describe_settings_error(exc), EXIT_USAGE
+    try:
+        lost = unreachable(exc, get_settings())
+    except ValidationError:  # cannot be: a command that got this far had read them
+        lost = None
+    if lost is not None:
+        return str(lost), EXIT_CHECK_FAILED
+    if isinstance(exc, IdvCancelError):
+        code = EXIT_USAGE if isinstance(exc, InvalidInput) else EXIT_CHECK_FAILED
+        return str(exc), int(getattr(exc, "exit_code", code))
+    return None
 
 
 class Cli(click.Group):
@@ -53,69 +78,52 @@ class Cli(click.Group):
                 ctx = getattr(exc, "ctx", None)
                 if isinstance(exc, click.UsageError) and ctx is not None:
                     hint = f" (see '{ctx.command_path} --help')"
-                click.echo(f"idvcancel: error: {exc.format_message()}{hint}", err=True)
+                say_error(f"{exc.format_message()}{hint}")
                 code = exc.exit_code
         except click.Abort:
-            click.echo("idvcancel: error: aborted", err=True)
+            say_error("aborted")
             code = EXIT_CHECK_FAILED
         except KeyboardInterrupt:
             code = 130  # the shell's convention for Ctrl-C
         except Exception as exc:
-            if not _connection_error(exc):
+            said = one_line(exc)
+            if said is None:
                 raise
-            click.echo(f"idvcancel: error: cannot reach Redis at {_safe_url(_redis_url())}: "
-                       f"{exc}", err=True)
-            code = EXIT_CHECK_FAILED
+            message, code = said
+            say_error(message)
         if standalone_mode:
             sys.exit(code)
         return code
 
 
-def _safe_url(url: str) -> str:
-    """``url`` without its password, for messages.
-
-    Examples:
-        >>> _safe_url("redis://:s3cret@cache:6379/0")
-        'redis://:***@cache:6379/0'
-    """
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
-def _redis_url() -> str:
-    from pydantic import ValidationError
-
-    from config.settings import get_settings
-
-    try:
-        return get_settings().redis_url
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        fail(f"bad configuration: {first['msg']}", EXIT_USAGE)
-
-
 def _client() -> redis.Redis:
+    """The state store's Redis, once it answered (else ``Unreachable`` within a second)."""
+    from config.settings import get_settings
+    from worker.ops.reach import reach_redis
     from worker.redis_client import redis_client
 
-    return redis_client(_redis_url())
+    settings = get_settings()
+    reach_redis(settings)
+    return redis_client(settings.redis_url)
 
 
 def _producer() -> Producer:
+    """A producer, once the state store and the broker answered."""
     from config.settings import get_settings
     from worker.broker.producer import Producer
+    from worker.ops.reach import reach_broker, reach_redis
 
+    settings = get_settings()
+    reach_redis(settings)
+    reach_broker(settings)
     # With the settings, so that messages are signed when the workers require it.
-    return Producer(_redis_url(), get_settings())
+    return Producer(settings.redis_url, settings)
 
 
 def echo_json(value: Any) -> None:
     """One JSON document on one line (stdout is flushed, so a pipe sees it at once)."""
     click.echo(json.dumps(value, sort_keys=True, default=str))
+
 
 def _archive_dir(given: str | None) -> str:
     from config.settings import get_settings
