@@ -3,6 +3,8 @@
 Why not httpx's own: its connection pool (httpcore + h11) costs about 0.3 ms of CPU per
 call and scans every pooled connection on each request, so the cost grows with the
 number of calls in flight - exactly what a worker hiding provider latency has many of.
+Why not urllib3's: measured under the adapters it costs 1.3-1.7 times the CPU per call
+of this one (``bench/transport.py``, docs/performance.md).
 ``http.client`` is in the standard library. It implements ``httpx.BaseTransport``, so
 adapters build ``httpx.Request`` objects and read ``httpx.Response`` objects
 (``ProviderAdapter.send``), and tests hand them an ``httpx.MockTransport`` instead.
@@ -14,8 +16,13 @@ arrive as httpx's exceptions, split by how far the request got: ``ConnectError``
 ``ConnectTimeout`` (never sent), ``WriteError`` (not sent whole), ``ReadError`` /
 ``ReadTimeout`` / ``RemoteProtocolError`` (sent: it may have landed).
 
-Not supported: HTTP/2, proxies (``HTTPS_PROXY``), ``SSL_CERT_FILE`` (the CA bundle is
-certifi's, as httpx's default), schemes other than http and https.
+The environment, read when the transport is built, as curl and requests read it:
+``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` (an ``http://`` proxy, user and password
+in the URL allowed) with ``NO_PROXY``: https goes through a ``CONNECT`` tunnel, http is
+forwarded (the request line names the full URL). ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
+name the CA certificates TLS is verified against (certifi's bundle when neither is set,
+as httpx does). Not supported: HTTP/2, a proxy spoken to over TLS (``https://``), schemes
+other than http and https.
 
 Examples:
     >>> transport = PooledTransport()
@@ -24,13 +31,19 @@ Examples:
 
 from __future__ import annotations
 
+import base64
 import http.client
+import os
 import select
 import socket
 import ssl
 import threading
 import time
+import urllib.request
 from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
 
 import certifi
 import httpx
@@ -41,6 +54,10 @@ MAX_IDLE_PER_HOST = 256
 #: default): a NAT or firewall may have forgotten an older one without a word.
 KEEPALIVE_EXPIRY = 5.0
 _Key = tuple[str, str, int]
+#: ``NO_PROXY`` matching as urllib.request does it, against the proxies read once (the
+#: function is public in CPython, only missing from typeshed).
+_bypass: Callable[[str, dict[str, str]], bool] = (
+    urllib.request.proxy_bypass_environment)  # type: ignore[attr-defined]
 _Idle = tuple[http.client.HTTPConnection, float]  # the connection, when it went idle
 
 
@@ -72,29 +89,106 @@ def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
         return True
 
 
-class PooledTransport(httpx.BaseTransport):
-    """``httpx.BaseTransport`` over ``http.client``; safe to share between threads.
+def route(request: httpx.Request) -> _Key:
+    """Scheme, host and port a request goes to (``UnsupportedProtocol`` but for http(s)).
 
-    Parameters:
-        verify: check TLS certificates (certifi's bundle, as httpx does).
+    Examples:
+        >>> route(httpx.Request("POST", "https://api.txcloud.io/v1/x"))
+        ('https', 'api.txcloud.io', 443)
+    """
+    url = request.url
+    if url.scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
+                                        request=request)
+    return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
+
+
+class UntrustedCertificate(httpx.ConnectError):
+    """The provider's TLS certificate did not verify: nothing was sent."""
+
+
+def tls_context() -> ssl.SSLContext:
+    """Verifying TLS context: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's."""
+    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
+    if cafile:
+        return ssl.create_default_context(cafile=cafile)
+    if capath:
+        return ssl.create_default_context(capath=capath)
+    return ssl.create_default_context(cafile=certifi.where())
+
+
+@dataclass(frozen=True)
+class Proxy:
+    """An egress proxy from ``HTTPS_PROXY`` and friends.
+
+    Examples:
+        >>> proxy = Proxy.parse("http://svc%40corp:s3cret@egress:3128", "HTTPS_PROXY")
+        >>> proxy.host, proxy.port, proxy.headers["Proxy-Authorization"]
+        ('egress', 3128, 'Basic c3ZjQGNvcnA6czNjcmV0')
+        >>> Proxy.parse("socks5://egress:1080", "HTTPS_PROXY")
+        Traceback (most recent call last):
+        ValueError: HTTPS_PROXY is not an http:// proxy URL (socks5://...)
     """
 
-    def __init__(self, verify: bool = True) -> None:
+    host: str
+    port: int
+    headers: dict[str, str]
+
+    @classmethod
+    def parse(cls, url: str, variable: str) -> Proxy:
+        parts = urlsplit(url if "://" in url else f"http://{url}")
+        try:
+            port = parts.port or 80
+        except ValueError:
+            port = 0
+        if parts.scheme != "http" or not parts.hostname or not port:
+            raise ValueError(f"{variable} is not an http:// proxy URL ({parts.scheme}://...)")
+        headers = {}
+        if parts.username is not None:
+            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+            headers["Proxy-Authorization"] = f"Basic {base64.b64encode(user.encode()).decode()}"
+        return cls(parts.hostname, port, headers)
+
+
+class PooledTransport(httpx.BaseTransport):
+    """``httpx.BaseTransport`` over ``http.client``; safe to share between threads. Reads
+    the proxy and CA variables from the environment when built (ValueError naming the
+    variable for a proxy URL it cannot use)."""
+
+    def __init__(self) -> None:
         self._idle: defaultdict[_Key, list[_Idle]] = defaultdict(list)
         self._lock = threading.Lock()
-        self._tls = ssl.create_default_context(cafile=certifi.where())
-        if not verify:
-            self._tls.check_hostname = False
-            self._tls.verify_mode = ssl.CERT_NONE
+        self._tls = tls_context()
+        # urllib.request's reading of the variables: either case, lower case winning.
+        self._proxy_urls = urllib.request.getproxies_environment()
+        self._proxies = {scheme: Proxy.parse(url, f"{scheme.upper()}_PROXY")
+                         for scheme in ("http", "https", "all")
+                         if (url := self._proxy_urls.get(scheme))}
+        self._routes: dict[_Key, Proxy | None] = {}
+
+    def _proxy(self, key: _Key) -> Proxy | None:
+        """The proxy a route goes through, None when direct (cached per route)."""
+        try:
+            return self._routes[key]
+        except KeyError:
+            scheme, host, port = key
+            proxy = self._proxies.get(scheme) or self._proxies.get("all")
+            if proxy and _bypass(f"{host}:{port}", self._proxy_urls):
+                proxy = None
+            self._routes[key] = proxy
+            return proxy
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        if url.scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
-                                            request=request)
-        key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        key = route(request)
         timeout = request.extensions.get("timeout", {})
-        conn = self._checkout(key, timeout.get("connect"))
+        proxy = self._proxy(key)
+        conn = self._checkout(key, proxy, timeout.get("connect"))
+        # Forwarded by a proxy (plain http), the request line names the full URL.
+        target = url.raw_path.decode("ascii")
+        forwarded = proxy is not None and url.scheme == "http"
+        if forwarded:
+            target = f"http://{key[1]}:{key[2]}{target}"
         stage = "connect" if conn.sock is None else "write"
         try:
             if stage == "connect":
@@ -102,10 +196,12 @@ class PooledTransport(httpx.BaseTransport):
                 stage = "write"
             conn.sock.settimeout(timeout.get("read"))
             # Headers exactly as httpx built them (Host, Content-Length, order, case).
-            conn.putrequest(request.method, url.raw_path.decode("ascii"), skip_host=True,
-                            skip_accept_encoding=True)
+            conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
             for name, value in request.headers.raw:
                 conn.putheader(name.decode("latin-1"), value)
+            if forwarded and proxy is not None:
+                for proxy_header in proxy.headers.items():
+                    conn.putheader(*proxy_header)
             conn.endheaders(request.read() or None)
             stage = "read"
             answer = conn.getresponse()
@@ -128,7 +224,7 @@ class PooledTransport(httpx.BaseTransport):
                               stream=httpx.ByteStream(content),
                               extensions={"http_version": b"HTTP/1.1"})
 
-    def _checkout(self, key: _Key, connect_timeout: float | None
+    def _checkout(self, key: _Key, proxy: Proxy | None, connect_timeout: float | None
                   ) -> http.client.HTTPConnection:
         now = time.monotonic()
         with self._lock:
@@ -139,10 +235,15 @@ class PooledTransport(httpx.BaseTransport):
                     return conn
                 conn.close()
         scheme, host, port = key
-        conn = (http.client.HTTPSConnection(host, port, timeout=connect_timeout,
+        # Through a proxy the socket goes to the proxy: for https, a CONNECT tunnel to
+        # the provider first (http.client's own), then TLS with the provider's name.
+        peer, peer_port = (proxy.host, proxy.port) if proxy else (host, port)
+        conn = (http.client.HTTPSConnection(peer, peer_port, timeout=connect_timeout,
                                             context=self._tls)
                 if scheme == "https" else
-                http.client.HTTPConnection(host, port, timeout=connect_timeout))
+                http.client.HTTPConnection(peer, peer_port, timeout=connect_timeout))
+        if proxy and scheme == "https":
+            conn.set_tunnel(host, port, headers=proxy.headers)
         conn.response_class = _Response
         return conn
 
@@ -174,6 +275,9 @@ def _translate(exc: BaseException, request: httpx.Request, stage: str) -> BaseEx
     or ``read``), so that callers classify one family and can tell "never sent" from
     "sent, answer lost" (``worker.providers.base.ProviderAdapter.send``)."""
     kind: type[httpx.TransportError]
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return UntrustedCertificate(f"TLS certificate not trusted ({exc.verify_message});"
+                                    " SSL_CERT_FILE names the CAs to trust", request=request)
     if isinstance(exc, (socket.timeout, TimeoutError)):
         kind = {"connect": httpx.ConnectTimeout, "write": httpx.WriteTimeout}.get(
             stage, httpx.ReadTimeout)
