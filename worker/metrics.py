@@ -34,6 +34,11 @@ BREAKER_STATE = Gauge("idvcancel_breaker_state",
 RATE_LIMITED = Counter("idvcancel_rate_limited_total",
                        "Calls held back by our limiter (local) or refused with 429 (provider)",
                        ["provider", "by"])
+JOURNAL_CALLS = Counter("idvcancel_journal_calls_total",
+                        "Transition script calls (group commits), by answer: applied, "
+                        "head_moved (another process appended to the audit chain first: "
+                        "nothing applied, sealed again) or ledger_moved",
+                        ["answer"])
 
 
 class DeadLetterDepth(Collector):
