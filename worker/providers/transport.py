@@ -3,8 +3,9 @@
 Why not httpx's own: its connection pool (httpcore + h11) costs about 0.3 ms of CPU per
 call and scans every pooled connection on each request, so the cost grows with the
 number of calls in flight - exactly what a worker hiding provider latency has many of.
-Why not urllib3's: measured under the adapters it costs 1.3-1.7 times the CPU per call
-of this one (``bench/transport.py``, docs/performance.md).
+Why not urllib3's: measured under the adapters it costs 1.2-1.4 times the CPU per call
+of this one, 1.5-1.6 times inside the transport (``bench/transport.py``,
+docs/performance.md).
 ``http.client`` is in the standard library. It implements ``httpx.BaseTransport``, so
 adapters build ``httpx.Request`` objects and read ``httpx.Response`` objects
 (``ProviderAdapter.send``), and tests hand them an ``httpx.MockTransport`` instead.
@@ -16,13 +17,12 @@ arrive as httpx's exceptions, split by how far the request got: ``ConnectError``
 ``ConnectTimeout`` (never sent), ``WriteError`` (not sent whole), ``ReadError`` /
 ``ReadTimeout`` / ``RemoteProtocolError`` (sent: it may have landed).
 
-The environment, read when the transport is built, as curl and requests read it:
-``HTTPS_PROXY`` / ``HTTP_PROXY`` / ``ALL_PROXY`` (an ``http://`` proxy, user and password
-in the URL allowed) with ``NO_PROXY``: https goes through a ``CONNECT`` tunnel, http is
-forwarded (the request line names the full URL). ``SSL_CERT_FILE`` or ``SSL_CERT_DIR``
-name the CA certificates TLS is verified against (certifi's bundle when neither is set,
-as httpx does). Not supported: HTTP/2, a proxy spoken to over TLS (``https://``), schemes
-other than http and https.
+Through an egress proxy (``HTTPS_PROXY`` and friends, read once when the transport is
+built: ``worker.providers.egress``), https goes through a ``CONNECT`` tunnel
+(``http.client``'s own) and http is forwarded (the request line names the full URL).
+TLS is verified against ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, else certifi's
+bundle. Not supported: HTTP/2, a proxy spoken to over TLS (``https://``), schemes other
+than http and https.
 
 Examples:
     >>> transport = PooledTransport()
@@ -31,22 +31,17 @@ Examples:
 
 from __future__ import annotations
 
-import base64
 import http.client
-import os
 import select
 import socket
 import ssl
 import threading
 import time
-import urllib.request
 from collections import defaultdict
-from collections.abc import Callable
-from dataclasses import dataclass
-from urllib.parse import unquote, urlsplit
 
-import certifi
 import httpx
+
+from worker.providers.egress import Egress, Proxy, tls_context
 
 #: Idle connections kept per host; more than the worker's threads is never needed.
 MAX_IDLE_PER_HOST = 256
@@ -54,10 +49,6 @@ MAX_IDLE_PER_HOST = 256
 #: default): a NAT or firewall may have forgotten an older one without a word.
 KEEPALIVE_EXPIRY = 5.0
 _Key = tuple[str, str, int]
-#: ``NO_PROXY`` matching as urllib.request does it, against the proxies read once (the
-#: function is public in CPython, only missing from typeshed).
-_bypass: Callable[[str, dict[str, str]], bool] = (
-    urllib.request.proxy_bypass_environment)  # type: ignore[attr-defined]
 _Idle = tuple[http.client.HTTPConnection, float]  # the connection, when it went idle
 
 
@@ -107,49 +98,6 @@ class UntrustedCertificate(httpx.ConnectError):
     """The provider's TLS certificate did not verify: nothing was sent."""
 
 
-def tls_context() -> ssl.SSLContext:
-    """Verifying TLS context: ``SSL_CERT_FILE``, else ``SSL_CERT_DIR``, else certifi's."""
-    cafile, capath = os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR")
-    if cafile:
-        return ssl.create_default_context(cafile=cafile)
-    if capath:
-        return ssl.create_default_context(capath=capath)
-    return ssl.create_default_context(cafile=certifi.where())
-
-
-@dataclass(frozen=True)
-class Proxy:
-    """An egress proxy from ``HTTPS_PROXY`` and friends.
-
-    Examples:
-        >>> proxy = Proxy.parse("http://svc%40corp:s3cret@egress:3128", "HTTPS_PROXY")
-        >>> proxy.host, proxy.port, proxy.headers["Proxy-Authorization"]
-        ('egress', 3128, 'Basic c3ZjQGNvcnA6czNjcmV0')
-        >>> Proxy.parse("socks5://egress:1080", "HTTPS_PROXY")
-        Traceback (most recent call last):
-        ValueError: HTTPS_PROXY is not an http:// proxy URL (socks5://...)
-    """
-
-    host: str
-    port: int
-    headers: dict[str, str]
-
-    @classmethod
-    def parse(cls, url: str, variable: str) -> Proxy:
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        try:
-            port = parts.port or 80
-        except ValueError:
-            port = 0
-        if parts.scheme != "http" or not parts.hostname or not port:
-            raise ValueError(f"{variable} is not an http:// proxy URL ({parts.scheme}://...)")
-        headers = {}
-        if parts.username is not None:
-            user = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            headers["Proxy-Authorization"] = f"Basic {base64.b64encode(user.encode()).decode()}"
-        return cls(parts.hostname, port, headers)
-
-
 class PooledTransport(httpx.BaseTransport):
     """``httpx.BaseTransport`` over ``http.client``; safe to share between threads. Reads
     the proxy and CA variables from the environment when built (ValueError naming the
@@ -159,30 +107,13 @@ class PooledTransport(httpx.BaseTransport):
         self._idle: defaultdict[_Key, list[_Idle]] = defaultdict(list)
         self._lock = threading.Lock()
         self._tls = tls_context()
-        # urllib.request's reading of the variables: either case, lower case winning.
-        self._proxy_urls = urllib.request.getproxies_environment()
-        self._proxies = {scheme: Proxy.parse(url, f"{scheme.upper()}_PROXY")
-                         for scheme in ("http", "https", "all")
-                         if (url := self._proxy_urls.get(scheme))}
-        self._routes: dict[_Key, Proxy | None] = {}
-
-    def _proxy(self, key: _Key) -> Proxy | None:
-        """The proxy a route goes through, None when direct (cached per route)."""
-        try:
-            return self._routes[key]
-        except KeyError:
-            scheme, host, port = key
-            proxy = self._proxies.get(scheme) or self._proxies.get("all")
-            if proxy and _bypass(f"{host}:{port}", self._proxy_urls):
-                proxy = None
-            self._routes[key] = proxy
-            return proxy
+        self._egress = Egress()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
         key = route(request)
         timeout = request.extensions.get("timeout", {})
-        proxy = self._proxy(key)
+        proxy = self._egress.proxy_for(key)
         conn = self._checkout(key, proxy, timeout.get("connect"))
         # Forwarded by a proxy (plain http), the request line names the full URL.
         target = url.raw_path.decode("ascii")
