@@ -3,6 +3,8 @@
     .venv/bin/python bench/run.py            # full run (a few minutes)
     .venv/bin/python bench/run.py --quick    # smaller counts, for a smoke check
     .venv/bin/python bench/run.py --only throughput --repeat 5
+    .venv/bin/python bench/run.py --only transport     # bench/transport.py
+    .venv/bin/python bench/run.py --only scaling       # bench/scaling.py, 1/2/4 workers
 
 Starts its own Redis, the simulator (in its own process) and real worker processes;
 prints each figure with its target. Not a test: numbers vary with the machine.
@@ -320,7 +322,7 @@ def main() -> None:
                         help="rounds of (1), the floor and (2); medians are printed")
     parser.add_argument("--only", default="",
                         help="comma list: throughput (1, floor, 2),submit,sweep,retention,"
-                             "latency")
+                             "latency,transport,scaling")
     args = parser.parse_args()
     n = 2000 if args.quick else 10000
     only = set(filter(None, args.only.split(",")))
@@ -357,6 +359,14 @@ def main() -> None:
         before, after = bench_retention(n)
         print(f"(6) Redis per completed request: {before:,.0f} B before retention,"
               f" {after:,.0f} B after (ledger TTL, results cap, audit archived)")
+    if want("transport"):
+        from bench import transport  # imports this module: only when asked for
+
+        transport.main(["--quick"] if args.quick else [])
+    if want("scaling"):
+        from bench import scaling  # imports this module: only when asked for
+
+        scaling.main(["--quick"] if args.quick else [])
     if want("latency"):
         capacity = results.get("pipeline") or bench_pipeline(n, 0)[0]
         p50, p99 = bench_latency(min(n, 3000), capacity / 2)

@@ -42,6 +42,11 @@ RETRIES_NEAR_DEADLINE = Counter(
 RATE_LIMITED = Counter("idvcancel_rate_limited_total",
                        "Calls held back by our limiter (local) or refused with 429 (provider)",
                        ["provider", "by"])
+JOURNAL_CALLS = Counter("idvcancel_journal_calls_total",
+                        "Transition script calls (group commits), by answer: applied, "
+                        "head_moved (another process appended to the audit chain first: "
+                        "nothing applied, sealed again) or ledger_moved",
+                        ["answer"])
 
 
 def start_series(providers: Iterable[str], outcomes: Iterable[str]) -> None:

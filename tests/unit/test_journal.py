@@ -98,3 +98,25 @@ def test_apply_many_writes_records_for_several_requests_in_one_chain(
     assert answers == [None, Moved(1), None]
     assert verify_stream(redis_client) == (2, None)
     assert journal.apply_many([]) == []
+
+
+def test_a_chain_conflict_between_processes_is_counted(redis_client: redis.Redis) -> None:
+    """Given two journals (two worker processes) that each know the chain's head, When
+    one appends and then the other appends on the head it last saw, Then the second's
+    first script call is refused (the head moved), it seals again and applies, and the
+    metric counts one head_moved answer (what bench/scaling.py reads per process)."""
+    from prometheus_client import REGISTRY
+
+    def count(answer: str) -> float:
+        return REGISTRY.get_sample_value("idvcancel_journal_calls_total",
+                                         {"answer": answer}) or 0.0
+
+    first, second = Journal(redis_client), Journal(redis_client)
+    assert second.apply("idvcancel:req:c-0", 0, records=[{"step": "received"}]) is None
+    assert first.apply("idvcancel:req:c-1", 0, records=[{"step": "received"}]) is None
+    moved, applied = count("head_moved"), count("applied")
+    # second still holds the head from before first's append
+    assert second.apply("idvcancel:req:c-2", 0, records=[{"step": "received"}]) is None
+    assert (count("head_moved") - moved, count("applied") - applied) == (1, 1)
+    count_records, broken = verify_stream(redis_client)
+    assert broken is None and count_records == 3

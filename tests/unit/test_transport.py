@@ -1,5 +1,6 @@
-"""The lean transport (worker.providers.transport) against a real HTTP server on
-loopback: keep-alive, connections the server closed, timeouts, refusals, gzip."""
+"""The transport (worker.providers.transport) against a real HTTP server on loopback:
+keep-alive, connections the server closed, timeouts, refusals, gzip. Servers that close
+idle connections, proxies and TLS: tests/integration/test_transport_e2e.py."""
 
 from __future__ import annotations
 
@@ -119,23 +120,6 @@ def test_a_connection_the_server_closed_is_not_reused_and_nothing_is_sent_twice(
     # Then each went out exactly once, on a fresh connection
     assert [json.loads(body)["id"] for _, _, _, body in server.seen] == [0, 1, 2]
     assert server.connections == 3
-
-
-def test_idle_connection_closed_by_the_server_is_dropped_before_reuse(server: Recorder,
-                                                                      ) -> None:
-    # Given a kept-alive connection the server then shuts down while it is idle
-    transport = PooledTransport()
-    client = httpx.Client(transport=transport)
-    client.post(url(server), json={"id": 0})
-    for idle in transport._idle.values():
-        for conn, _ in idle:
-            assert conn.sock is not None
-            conn.sock.shutdown(socket.SHUT_RD)  # what a server's FIN looks like to select
-    # When the next call is made
-    answer = client.post(url(server), json={"id": 1})
-    # Then it succeeds on a new connection and the server saw it once
-    assert answer.status_code == 200
-    assert [json.loads(body)["id"] for _, _, _, body in server.seen] == [0, 1]
 
 
 def test_headers_and_method_reach_the_server_as_httpx_builds_them(server: Recorder) -> None:

@@ -23,6 +23,11 @@ from worker import keys, scripts
 from worker.contract import canonical_json
 from worker.journal import chain as audit
 from worker.journal.ledger import Phase
+from worker.metrics import JOURNAL_CALLS
+
+#: One child per answer, bound once (a labels() lookup per call costs more).
+_APPLIED, _HEAD_MOVED, _LEDGER_MOVED = (JOURNAL_CALLS.labels(answer)
+                                        for answer in ("applied", "head_moved", "ledger_moved"))
 
 #: Most steps sent in one script call (bounds how long Redis is busy with one call).
 MAX_BATCH = 256
@@ -169,13 +174,16 @@ class Journal:
             reply = self._script(keys=[*_FIXED_KEYS, *(s.ledger_key for s in batch)],
                                  args=args)
             if reply[0] == 1:
+                _APPLIED.inc()
                 self._head = head
                 for step in batch:
                     step.finish()
                 return
             if reply[0] == 0:  # another process appended first: seal again on its head
+                _HEAD_MOVED.inc()
                 self._head = str(reply[1])
                 continue
+            _LEDGER_MOVED.inc()
             moved_at, version, self._head = int(reply[1]) - 1, int(reply[2]), str(reply[3])
             for step in batch[:moved_at]:
                 step.finish()

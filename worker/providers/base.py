@@ -38,7 +38,7 @@ from worker.providers.errors import (
     Unauthorized,
 )
 from worker.providers.rules import ActionRule, ProviderRules
-from worker.providers.transport import PooledTransport
+from worker.providers.transport import PooledTransport, UntrustedCertificate
 
 #: Sent with every call; an adapter's own headers win (Jumio names the business in its
 #: User-Agent: it refuses library defaults).
@@ -186,9 +186,10 @@ class ProviderAdapter(abc.ABC):
                 f" its answer ({type(exc).__name__})"
             ) from exc
         except httpx.TransportError as exc:
-            raise ProviderUnreachable(
-                f"{self.rules.provider} could not be reached ({type(exc).__name__})"
-            ) from exc
+            # An untrusted certificate is a setting to fix, not a network blip: say so.
+            why = str(exc) if isinstance(exc, UntrustedCertificate) else type(exc).__name__
+            raise ProviderUnreachable(f"{self.rules.provider} could not be reached ({why})"
+                                      ) from exc
 
     def raise_common(self, response: httpx.Response, message: str, code: str | None) -> None:
         """Raise for the statuses that mean the same at every provider."""

@@ -3,6 +3,9 @@
 Why not httpx's own: its connection pool (httpcore + h11) costs about 0.3 ms of CPU per
 call and scans every pooled connection on each request, so the cost grows with the
 number of calls in flight - exactly what a worker hiding provider latency has many of.
+Why not urllib3's: measured under the adapters it costs 1.2-1.4 times the CPU per call
+of this one, 1.5-1.6 times inside the transport (``bench/transport.py``,
+docs/performance.md).
 ``http.client`` is in the standard library. It implements ``httpx.BaseTransport``, so
 adapters build ``httpx.Request`` objects and read ``httpx.Response`` objects
 (``ProviderAdapter.send``), and tests hand them an ``httpx.MockTransport`` instead.
@@ -14,8 +17,12 @@ arrive as httpx's exceptions, split by how far the request got: ``ConnectError``
 ``ConnectTimeout`` (never sent), ``WriteError`` (not sent whole), ``ReadError`` /
 ``ReadTimeout`` / ``RemoteProtocolError`` (sent: it may have landed).
 
-Not supported: HTTP/2, proxies (``HTTPS_PROXY``), ``SSL_CERT_FILE`` (the CA bundle is
-certifi's, as httpx's default), schemes other than http and https.
+Through an egress proxy (``HTTPS_PROXY`` and friends, read once when the transport is
+built: ``worker.providers.egress``), https goes through a ``CONNECT`` tunnel
+(``http.client``'s own) and http is forwarded (the request line names the full URL).
+TLS is verified against ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` when set, else certifi's
+bundle. Not supported: HTTP/2, a proxy spoken to over TLS (``https://``), schemes other
+than http and https.
 
 Examples:
     >>> transport = PooledTransport()
@@ -32,8 +39,9 @@ import threading
 import time
 from collections import defaultdict
 
-import certifi
 import httpx
+
+from worker.providers.egress import Egress, Proxy, tls_context
 
 #: Idle connections kept per host; more than the worker's threads is never needed.
 MAX_IDLE_PER_HOST = 256
@@ -72,29 +80,46 @@ def _closed_by_peer(conn: http.client.HTTPConnection) -> bool:
         return True
 
 
-class PooledTransport(httpx.BaseTransport):
-    """``httpx.BaseTransport`` over ``http.client``; safe to share between threads.
+def route(request: httpx.Request) -> _Key:
+    """Scheme, host and port a request goes to (``UnsupportedProtocol`` but for http(s)).
 
-    Parameters:
-        verify: check TLS certificates (certifi's bundle, as httpx does).
+    Examples:
+        >>> route(httpx.Request("POST", "https://api.txcloud.io/v1/x"))
+        ('https', 'api.txcloud.io', 443)
     """
+    url = request.url
+    if url.scheme not in ("http", "https"):
+        raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
+                                        request=request)
+    return url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80)
 
-    def __init__(self, verify: bool = True) -> None:
+
+class UntrustedCertificate(httpx.ConnectError):
+    """The provider's TLS certificate did not verify: nothing was sent."""
+
+
+class PooledTransport(httpx.BaseTransport):
+    """``httpx.BaseTransport`` over ``http.client``; safe to share between threads. Reads
+    the proxy and CA variables from the environment when built (ValueError naming the
+    variable for a proxy URL it cannot use)."""
+
+    def __init__(self) -> None:
         self._idle: defaultdict[_Key, list[_Idle]] = defaultdict(list)
         self._lock = threading.Lock()
-        self._tls = ssl.create_default_context(cafile=certifi.where())
-        if not verify:
-            self._tls.check_hostname = False
-            self._tls.verify_mode = ssl.CERT_NONE
+        self._tls = tls_context()
+        self._egress = Egress()
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
-        if url.scheme not in ("http", "https"):
-            raise httpx.UnsupportedProtocol(f"unsupported URL scheme {url.scheme!r}",
-                                            request=request)
-        key: _Key = (url.scheme, url.host, url.port or (443 if url.scheme == "https" else 80))
+        key = route(request)
         timeout = request.extensions.get("timeout", {})
-        conn = self._checkout(key, timeout.get("connect"))
+        proxy = self._egress.proxy_for(key)
+        conn = self._checkout(key, proxy, timeout.get("connect"))
+        # Forwarded by a proxy (plain http), the request line names the full URL.
+        target = url.raw_path.decode("ascii")
+        forwarded = proxy is not None and url.scheme == "http"
+        if forwarded:
+            target = f"http://{key[1]}:{key[2]}{target}"
         stage = "connect" if conn.sock is None else "write"
         try:
             if stage == "connect":
@@ -102,10 +127,12 @@ class PooledTransport(httpx.BaseTransport):
                 stage = "write"
             conn.sock.settimeout(timeout.get("read"))
             # Headers exactly as httpx built them (Host, Content-Length, order, case).
-            conn.putrequest(request.method, url.raw_path.decode("ascii"), skip_host=True,
-                            skip_accept_encoding=True)
+            conn.putrequest(request.method, target, skip_host=True, skip_accept_encoding=True)
             for name, value in request.headers.raw:
                 conn.putheader(name.decode("latin-1"), value)
+            if forwarded and proxy is not None:
+                for proxy_header in proxy.headers.items():
+                    conn.putheader(*proxy_header)
             conn.endheaders(request.read() or None)
             stage = "read"
             answer = conn.getresponse()
@@ -128,7 +155,7 @@ class PooledTransport(httpx.BaseTransport):
                               stream=httpx.ByteStream(content),
                               extensions={"http_version": b"HTTP/1.1"})
 
-    def _checkout(self, key: _Key, connect_timeout: float | None
+    def _checkout(self, key: _Key, proxy: Proxy | None, connect_timeout: float | None
                   ) -> http.client.HTTPConnection:
         now = time.monotonic()
         with self._lock:
@@ -139,10 +166,15 @@ class PooledTransport(httpx.BaseTransport):
                     return conn
                 conn.close()
         scheme, host, port = key
-        conn = (http.client.HTTPSConnection(host, port, timeout=connect_timeout,
+        # Through a proxy the socket goes to the proxy: for https, a CONNECT tunnel to
+        # the provider first (http.client's own), then TLS with the provider's name.
+        peer, peer_port = (proxy.host, proxy.port) if proxy else (host, port)
+        conn = (http.client.HTTPSConnection(peer, peer_port, timeout=connect_timeout,
                                             context=self._tls)
                 if scheme == "https" else
-                http.client.HTTPConnection(host, port, timeout=connect_timeout))
+                http.client.HTTPConnection(peer, peer_port, timeout=connect_timeout))
+        if proxy and scheme == "https":
+            conn.set_tunnel(host, port, headers=proxy.headers)
         conn.response_class = _Response
         return conn
 
@@ -174,6 +206,9 @@ def _translate(exc: BaseException, request: httpx.Request, stage: str) -> BaseEx
     or ``read``), so that callers classify one family and can tell "never sent" from
     "sent, answer lost" (``worker.providers.base.ProviderAdapter.send``)."""
     kind: type[httpx.TransportError]
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return UntrustedCertificate(f"TLS certificate not trusted ({exc.verify_message});"
+                                    " SSL_CERT_FILE names the CAs to trust", request=request)
     if isinstance(exc, (socket.timeout, TimeoutError)):
         kind = {"connect": httpx.ConnectTimeout, "write": httpx.WriteTimeout}.get(
             stage, httpx.ReadTimeout)
