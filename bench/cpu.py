@@ -108,6 +108,21 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+#: Seconds without one more request done before a run is declared stuck.
+STUCK_SECONDS = 60.0
+
+
+def _wait_done(who: Contestant, client: redis.Redis, n: int, proc: WorkerProcess) -> None:
+    last, moved = -1, time.monotonic()
+    while (done := who.done(client, n)) < n:
+        if done != last:
+            last, moved = done, time.monotonic()
+        elif time.monotonic() - moved > STUCK_SECONDS:
+            raise SystemExit(f"bench: {who.name} stuck at {done} of {n} done; its log: "
+                             f"{proc.log_path}")
+        time.sleep(0.01)
+
+
 def run_one(who: Contestant, n: int) -> tuple[float, float]:
     """CPU ms per request and requests per second of one worker draining ``n``."""
     sim = Simulator(0)
@@ -126,8 +141,7 @@ def run_one(who: Contestant, n: int) -> tuple[float, float]:
                 time.sleep(1.0)  # start-up work (ready hooks) is not a request's
                 before, started = cpu_seconds(proc.pid), time.perf_counter()
                 client.rename(_STAGED, _QUEUE)
-                while who.done(client, n) < n:
-                    time.sleep(0.01)
+                _wait_done(who, client, n, proc)
                 spent, took = cpu_seconds(proc.pid) - before, time.perf_counter() - started
             finally:
                 proc.stop()

@@ -28,7 +28,9 @@ app.conf.update(celery_config(get_settings()))
 app.conf.worker_consumer = "celery.worker.consumer:Consumer"
 
 _THREADS = int(os.environ.get("BENCH_CONCURRENCY", "128"))
-_redis = redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
+# A connection per thread at most: redis-py's default pool stops at 100.
+_redis = redis.Redis.from_url(get_settings().redis_url, decode_responses=True,
+                              max_connections=2 * _THREADS)
 # As many kept-alive connections as threads: a smaller pool would reconnect, which is
 # not what a reasonable naive implementation pays.
 _http = httpx.Client(
