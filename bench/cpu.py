@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import statistics
 import sys
 import time
@@ -194,6 +195,9 @@ def main() -> None:
     parser.add_argument("--only", default="", help="comma list of contestant names")
     args = parser.parse_args()
     only = set(filter(None, args.only.split(",")))
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python "
+          f"{platform.python_version()}; one worker x {CONCURRENCY} threads, {POOL} pool; "
+          f"{args.n} requests per run", flush=True)
     report(rounds(args.n, args.repeat, args.against.resolve() if args.against else None,
                   only))
 
