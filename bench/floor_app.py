@@ -37,7 +37,10 @@ _CLAIM = "return redis.call('HSET', KEYS[1], 'phase', 'calling', 'owner', ARGV[1
 _DONE = ("redis.call('HSET', KEYS[1], 'phase', 'done', 'outcome', ARGV[1]) "
          "return redis.call('XADD', KEYS[2], '*', 'event', ARGV[2])")
 _local = threading.local()
-_client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True)
+# A connection per thread at most: redis-py's default pool stops at 100.
+_client = redis.Redis.from_url(get_settings().redis_url, decode_responses=True,
+                               max_connections=2 * int(os.environ.get("BENCH_CONCURRENCY",
+                                                                      "128")))
 _claim, _done = _client.register_script(_CLAIM), _client.register_script(_DONE)
 _base = urlsplit(os.environ.get("IDVCANCEL_IDPASS_BASE_URL", "http://127.0.0.1:1"))
 _token = os.environ.get("IDVCANCEL_IDPASS_TOKEN", "")

@@ -18,7 +18,7 @@ import pytest
 from config.celery import celery_config
 from config.settings import Settings
 from worker import keys
-from worker.contract import CancelRequest
+from worker.contract import CancelRequest, Outcome
 from worker.delivery import confirm
 from worker.delivery.confirm import Confirmer
 from worker.delivery.pipeline import Finished, Pipeline
@@ -287,3 +287,33 @@ def test_a_backlog_larger_than_a_batch_is_drained_in_one_run(
     steps = [json.loads(f["record"])["step"] for _, f in _entries(fake_redis, keys.AUDIT)]
     assert steps.count("confirmed") == 250 and fake_redis.zcard(keys.CONFIRM_DUE) == 0
     assert verify_stream(fake_redis)[1] is None
+
+
+def test_a_confirmation_is_written_only_with_the_step_that_ends_the_request(
+        fake_redis: fakeredis.FakeRedis) -> None:
+    """Given a request whose ledger another delivery moved (version 1)
+    When a stale delivery tries to end it, its confirmation in the same step
+    Then nothing is written: no confirmation due, no result; and when the step applies,
+    the confirmation is there with the result, its due time kept on a second finish."""
+    from worker.journal.ledger import LedgerState
+    from worker.journal.steps import Moved
+
+    journal = Journal(fake_redis)
+    key = keys.request_ledger("r-9")
+    request = CancelRequest(request_id="r-9", provider="idpass", action="cancel",
+                            reference=REF, requested_by="tests")
+    assert journal.apply(key, 0, ledger=LedgerState.claimed("f", "o", 9.0, 0,
+                                                           recover=False)) is None
+    done = LedgerState.done("f", Outcome.CANCELLED, 1, 200, "cancelled")
+    made = confirm.confirmation(request, "cancelled", SETTINGS, now=1000.0)
+    assert journal.apply(key, 0, ledger=done, event={"request_id": "r-9"},
+                         confirmation=made) == Moved(1)
+    assert fake_redis.zcard(keys.CONFIRM_DUE) == 0 and fake_redis.xlen(keys.RESULTS) == 0
+    assert journal.apply(key, 1, ledger=done, event={"request_id": "r-9"},
+                         confirmation=made) is None
+    assert fake_redis.zscore(keys.CONFIRM_DUE, "r-9") == 1060.0
+    assert json.loads(str(fake_redis.hget(keys.CONFIRM_REQUESTS, "r-9")))["outcome"] == (
+        "cancelled")
+    later = confirm.confirmation(request, "cancelled", SETTINGS, now=5000.0)
+    assert journal.apply(key, 2, ledger=done, confirmation=later) is None
+    assert fake_redis.zscore(keys.CONFIRM_DUE, "r-9") == 1060.0

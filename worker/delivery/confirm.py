@@ -3,8 +3,8 @@
 A ``cancelled`` or ``deleted`` outcome says what the provider answered, not that the
 session is gone: OneSpan's erasure is asynchronous by design, gu1 only "attempts" the
 deletion at its vendor, and any provider can answer 200 and keep the session running.
-So the step that ends a request ``cancelled`` or ``deleted`` is preceded by a due
-confirmation (``schedule``: a sorted set scored by due time, and the request it reads),
+So the step that ends a request ``cancelled`` or ``deleted`` also makes a confirmation
+due (``confirmation``: a sorted set scored by due time, and the request it reads),
 and a beat task (``idvcancel.confirm``) drains what is due (``drain``): it reads the
 session's status at the provider and records what it saw as an audit step,
 
@@ -22,9 +22,10 @@ Why a sorted set and not Celery countdowns: a countdown lives in a worker's memo
 the broker's delayed delivery) and a OneSpan grace period lasts days; the set survives
 restarts, shows what is due, and is drained in O(log n + k). The due time is
 ``IDVCANCEL_CONFIRM_AFTER_SECONDS`` after the request ended, plus the grace period for a
-OneSpan erasure. It is written just before the step that ends the request, so no crash
-between the two loses a confirmation; the drain reads the ledger first and forgets one
-whose request did not end that way after all. Claims are leased (``lua/confirm_claim.lua``):
+OneSpan erasure. It is written in the same script call as the step that ends the request
+(``lua/transition.lua``), so no crash can leave one without the other; the drain still
+reads the ledger first and forgets one whose request did not end that way after all
+(a replay, or one made due by ``schedule``). Claims are leased (``lua/confirm_claim.lua``):
 a drain that dies leaves them to the next one after the lease, and a request whose audit
 record was written but not yet forgotten may then be confirmed twice (both on the record).
 Transient read failures are retried with the request retry policy; the breaker and the
@@ -53,7 +54,7 @@ from worker.delivery.retry import RetryPolicy
 from worker.gate.guard import ProviderGuard
 from worker.journal import attention, ledger
 from worker.journal.ledger import Phase
-from worker.journal.steps import Journal
+from worker.journal.steps import Confirmation, Journal
 from worker.logs import get_logger
 from worker.providers import get_adapter
 from worker.providers.base import ProviderAdapter
@@ -100,15 +101,23 @@ def due_at(request: CancelRequest, finished_at: float, settings: Settings) -> fl
     return finished_at + settings.confirm_after_seconds + grace * 86400
 
 
-def schedule(client: redis.Redis, request: CancelRequest, outcome: str, settings: Settings,
-             now: float) -> None:
-    """Make the confirmation of ``request`` due (one MULTI). A confirmation already due
-    keeps its time (a redelivered finish does not push it back)."""
+def confirmation(request: CancelRequest, outcome: str, settings: Settings,
+                 now: float) -> Confirmation:
+    """The confirmation of ``request``, ended ``outcome`` at ``now``: the pipeline hands it
+    to the journal with the step that ends the request, so both are written at once."""
     entry = {"request": request.model_dump(mode="json"), "outcome": outcome,
              "finished_at": round(now, 3), "checks": 0}
+    return Confirmation(json.dumps(entry, sort_keys=True), due_at(request, now, settings))
+
+
+def schedule(client: redis.Redis, request: CancelRequest, outcome: str, settings: Settings,
+             now: float) -> None:
+    """Make the confirmation of ``request`` due on its own (one MULTI). A confirmation
+    already due keeps its time (a redelivered finish does not push it back)."""
+    made = confirmation(request, outcome, settings, now)
     pipe = client.pipeline(transaction=True)
-    pipe.hset(keys.CONFIRM_REQUESTS, request.request_id, json.dumps(entry, sort_keys=True))
-    pipe.zadd(keys.CONFIRM_DUE, {request.request_id: due_at(request, now, settings)}, nx=True)
+    pipe.hset(keys.CONFIRM_REQUESTS, request.request_id, made.entry)
+    pipe.zadd(keys.CONFIRM_DUE, {request.request_id: made.due}, nx=True)
     pipe.execute()
 
 

@@ -375,10 +375,10 @@ class Pipeline:
         steps = [*drafts, records.draft(step, message, outcome=outcome.value,
                                         error=records.error_of(result),
                                         attempts=result.attempts)]
-        if outcome in confirm.OUTCOMES and message.request is not None:
-            # Before the step that ends it: a crash in between cannot lose the read-back.
-            confirm.schedule(self.journal.client, message.request, outcome.value,
-                             self.settings, self.clock())
+        # Written in the step that ends it: no crash can lose the read-back.
+        confirmation = confirm.confirmation(
+            message.request, outcome.value, self.settings, self.clock(),
+        ) if outcome in confirm.OUTCOMES and message.request is not None else None
         dead: DeadLetter | None = None
         if force_dead_letter or outcome in DEAD_LETTERED or message.request_id is None:
             dead = records.dead_letter(message, result, raw)
@@ -387,7 +387,7 @@ class Pipeline:
             message.fingerprint, outcome, result.attempts, result.http_status,
             result.provider_status,
         ), records=steps, event=result.model_dump(mode="json"), dead_letter=dead,
-            ledger_ttl=None)
+            ledger_ttl=None, confirmation=confirmation)
         if moved is None:
             REQUESTS.labels(message.field("provider") or "unknown", outcome.value).inc()
             log.info("completed", outcome=outcome.value, attempts=result.attempts,

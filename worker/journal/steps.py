@@ -32,7 +32,7 @@ _APPLIED, _HEAD_MOVED, _LEDGER_MOVED = (JOURNAL_CALLS.labels(answer)
 #: Most steps sent in one script call (bounds how long Redis is busy with one call).
 MAX_BATCH = 256
 _FIXED_KEYS = [keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX,
-               keys.INTAKE, keys.INTAKE_REQUESTS]
+               keys.INTAKE, keys.INTAKE_REQUESTS, keys.CONFIRM_REQUESTS, keys.CONFIRM_DUE]
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,21 @@ class DeadLetter:
     entry: Mapping[str, Any]
 
 
+@dataclass(frozen=True)
+class Confirmation:
+    """The read-back a step that ends a request makes due (``worker.delivery.confirm``):
+    its entry (JSON) and due time, kept under the request id."""
+
+    entry: str
+    due: float
+
+
 @dataclass
 class _Step:
     ledger_key: str
     expected_version: int
-    fixed: list[str]  # ledger JSON, event, dead letter, dead-letter id, TTL, forget
+    # ledger JSON, event, dead letter, dead-letter id, TTL, forget, confirmation, its due
+    fixed: list[str]
     records: Sequence[Mapping[str, Any]]
     done: threading.Event = field(default_factory=threading.Event)
     result: Moved | None = None
@@ -94,10 +104,13 @@ class Journal:
         event: Mapping[str, Any] | None = None,
         dead_letter: DeadLetter | None = None,
         ledger_ttl: int | None = None,
+        confirmation: Confirmation | None = None,
     ) -> Moved | None:
-        """Apply one step; None when applied, ``Moved`` when the ledger moved first."""
+        """Apply one step; None when applied, ``Moved`` when the ledger moved first.
+        A ``confirmation`` goes with a step that makes the ledger done."""
         step = self._step(ledger_key, expected_version, ledger=ledger, records=records,
-                          event=event, dead_letter=dead_letter, ledger_ttl=ledger_ttl)
+                          event=event, dead_letter=dead_letter, ledger_ttl=ledger_ttl,
+                          confirmation=confirmation)
         return self._wait([step])[0]
 
     def apply_many(self, steps: Sequence[tuple[str, int, Sequence[Mapping[str, Any]]]]
@@ -113,12 +126,15 @@ class Journal:
               records: Sequence[Mapping[str, Any]] = (),
               event: Mapping[str, Any] | None = None,
               dead_letter: DeadLetter | None = None,
-              ledger_ttl: int | None = None) -> _Step:
+              ledger_ttl: int | None = None,
+              confirmation: Confirmation | None = None) -> _Step:
         ttl = self.ledger_ttl if ledger_ttl is None else ledger_ttl
         # A finished request leaves the intake index in the same step (one ZREM, one
         # HDEL): the index holds requests in flight only, and nothing else removes them.
         done = ledger is not None and ledger.get("phase") == Phase.DONE
         forget = (keys.request_id_of_ledger(ledger_key) or "") if done else ""
+        if confirmation is not None and not forget:
+            raise ValueError("a confirmation goes with the step that ends a request")
         return _Step(ledger_key, expected_version, [
             json.dumps(ledger) if ledger is not None else "",
             canonical_json(event) if event is not None else "",
@@ -126,6 +142,8 @@ class Journal:
             dead_letter.entry_id if dead_letter else "",
             str(ttl),
             forget,
+            confirmation.entry if confirmation else "",
+            f"{confirmation.due:.3f}" if confirmation else "",
         ], records)
 
     def _wait(self, steps: list[_Step]) -> list[Moved | None]:
