@@ -107,7 +107,9 @@ class Siblings:
     count: int
     _slots: list[_Slot] = field(default_factory=list)
     _stopping: threading.Event = field(default_factory=threading.Event)
-    _lock: threading.Lock = field(default_factory=threading.Lock)
+    # Re-entrant: a shutdown signal handled in the main thread while it starts a sibling
+    # asks for the running ones.
+    _lock: threading.RLock = field(default_factory=threading.RLock)
 
     def start(self) -> None:
         self._slots = [_Slot(number) for number in range(2, self.count + 1)]
@@ -129,10 +131,11 @@ class Siblings:
                 os.kill(pid, sig)
 
     def stop(self) -> None:
-        """Warm shutdown of every sibling (a second call of ``send`` may make it cold);
-        returns once all have exited."""
-        if not self._stopping.is_set():
-            self.send(signal.SIGTERM)
+        """Warm shutdown of every sibling (a cold one already asked for stays cold: Celery
+        ignores SIGTERM then); returns once all have exited."""
+        # Sent even after ``send``: a sibling started while that signal was handled did
+        # not get it.
+        self.send(signal.SIGTERM)
         for slot in self._slots:
             if slot.process is not None:
                 code = slot.process.wait()
