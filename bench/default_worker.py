@@ -32,7 +32,7 @@ from bench.run import LOGS, Simulator, children, env_for, requests
 from worker.broker.producer import Producer
 from worker.local.procs import WorkerProcess
 from worker.local.redis_server import RedisServer
-from worker.runner.pool import worker_processes
+from worker.runner.threaded_processes import worker_processes
 
 NOOP_TARGET = 0.5
 HIDDEN_TARGET = 0.9

@@ -13,7 +13,7 @@ Why each setting (see the README's "Delivery guarantees"):
   refuse a retry cap that does not fit well inside it (kombu #337: an ETA held longer
   than the timeout is delivered again).
 - ``worker_pool``, ``worker_concurrency``: the plain ``celery -A worker.app worker`` runs
-  ``worker.runner.pool:ThreadedProcesses``: one worker process per core
+  ``worker.runner.threaded_processes:ThreadedProcesses``: one worker process per core
   (``IDVCANCEL_WORKER_PROCESSES``), each a full Celery worker on the thread pool with
   ``IDVCANCEL_WORKER_THREADS`` threads (128). The work is I/O-bound: a thread waits on the
   provider, so threads hide latency (rate x latency calls in flight); one process runs
@@ -66,7 +66,7 @@ from config.names import QUEUE
 from config.settings import Settings
 
 #: The pool of the plain ``celery -A worker.app worker``: processes x threads.
-WORKER_POOL = "worker.runner.pool:ThreadedProcesses"
+WORKER_POOL = "worker.runner.threaded_processes:ThreadedProcesses"
 #: kombu's Redis transport with the checked pop (``worker.broker.redis_transport``).
 REDIS_TRANSPORT = "worker.broker.redis_transport:Transport"
 

@@ -102,29 +102,34 @@ def sim_client(sim: Simulator) -> Iterator[SimulatorClient]:
         client.close()
 
 
-def start_plain(env: dict[str, str], log_path: Path) -> WorkerProcess:
-    proc = WorkerProcess(env, plain=True, log_path=log_path).start()
-    wait_for(lambda: len(_READY.findall(proc.log_text())) >= PROCESSES or not proc.is_running(),
+def start_plain(env: dict[str, str], log_path: Path, *args: str,
+                nodes: int = PROCESSES) -> WorkerProcess:
+    proc = WorkerProcess(env, plain=True, log_path=log_path, extra_args=args).start()
+    wait_for(lambda: len(_READY.findall(proc.log_text())) >= nodes or not proc.is_running(),
              timeout=90, interval=0.2, message="worker processes ready")
     assert proc.is_running(), proc.log_tail()
     return proc
 
 
+def worker_env(redis_url: str, sim: Simulator, metrics_dir: Path, port: int
+               ) -> dict[str, str]:
+    metrics_dir.mkdir()
+    return {**TEST_ENV, **sim.env(), "IDVCANCEL_REDIS_URL": redis_url,
+            "IDVCANCEL_RATE_LIMITS": "{}", "IDVCANCEL_METRICS_PORT": str(port),
+            "IDVCANCEL_WORKER_PROCESSES": str(PROCESSES),
+            "IDVCANCEL_WORKER_THREADS": str(THREADS), "IDVCANCEL_WORKER_PREFETCH": "1",
+            # A directory of the test's, so that it can read each process's own counts.
+            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+
+
 @pytest.fixture
 def worker(redis_url: str, sim: Simulator, sim_client: SimulatorClient,
            tmp_path: Path) -> Iterator[PlainWorker]:
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
     port = free_port()
-    env = {**TEST_ENV, **sim.env(), "IDVCANCEL_REDIS_URL": redis_url,
-           "IDVCANCEL_RATE_LIMITS": "{}", "IDVCANCEL_METRICS_PORT": str(port),
-           "IDVCANCEL_WORKER_PROCESSES": str(PROCESSES),
-           "IDVCANCEL_WORKER_THREADS": str(THREADS), "IDVCANCEL_WORKER_PREFETCH": "1",
-           # A directory of the test's, so that it can read each process's own counts.
-           "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    env = worker_env(redis_url, sim, tmp_path / "metrics", port)
     proc = start_plain(env, tmp_path / "worker.log")
     try:
-        yield PlainWorker(proc, metrics_dir, port, env)
+        yield PlainWorker(proc, tmp_path / "metrics", port, env)
     finally:
         proc.stop(timeout=30)
 
@@ -186,7 +191,7 @@ def test_the_plain_command_runs_processes_with_threads_and_metrics_count_them_al
     pools = pool_stats(redis_url)
     assert len(pools) == PROCESSES, pools
     for node, pool in pools.items():
-        assert pool["implementation"] == "worker.runner.pool:ThreadedProcesses", node
+        assert pool["implementation"] == "worker.runner.threaded_processes:ThreadedProcesses", node
         assert pool["max-concurrency"] == THREADS, node
         assert pool["threads"] == THREADS, (node, pool)
     by_process = worker.requests_by_process()
@@ -265,3 +270,28 @@ def _alive(pid: int) -> bool:
     status = Path(f"/proc/{pid}/stat").read_text().split()[2] if Path(
         f"/proc/{pid}/stat").exists() else "X"
     return status not in {"Z", "X"}
+
+
+def test_prefork_children_are_counted_by_the_parent_s_metrics(
+        redis_url: str, sim: Simulator, sim_client: SimulatorClient, tmp_path: Path) -> None:
+    """Given Celery's prefork pool asked for on the command line (-P processes -c 2)
+    When 20 requests are done
+    Then /metrics, served by the parent, counts all 20: the work its children did."""
+    # Given
+    port = free_port()
+    env = worker_env(redis_url, sim, tmp_path / "metrics", port)
+    proc = start_plain(env, tmp_path / "prefork.log", "-P", "processes", "-c", "2", nodes=1)
+    prefork = PlainWorker(proc, tmp_path / "metrics", port, env)
+    try:
+        # When
+        batch = requests(20)
+        submit(redis_url, batch)
+        wait_for(lambda: len(result_counts(redis_url)) >= len(batch), timeout=60,
+                 message="20 results")
+        # Then
+        assert prefork.scraped_requests() == len(batch)
+        by_process = prefork.requests_by_process()
+        assert proc.pid not in by_process or by_process[proc.pid] == 0, by_process
+        assert sum(by_process.values()) == len(batch)
+    finally:
+        proc.stop(timeout=30)

@@ -25,7 +25,7 @@ CELERY = "/venv/bin/celery"
      ["-A", "worker.app", "worker", "-Q", "idvcancel", "-l", "INFO", "-c", "64"]),
     # Given what only one process may do, in each spelling: left out
     ([CELERY, "--workdir", "/srv", "-A", "worker.app", "worker", "-B", "-n", "w1@%h",
-      "--pidfile=/run/w.pid", "-S", "/var/state.db", "-s", "/tmp/beat", "--detach",
+      "--pidfile=/run/w.pid", "-S", "/var/state.db", "-s", "/var/beat", "--detach",
       "-nw2@h", "--hostname", "w3@h", "--beat"],
      ["-A", "worker.app", "worker"]),
 ])
@@ -83,6 +83,6 @@ def test_a_metrics_directory_given_by_the_user_is_used_and_kept(tmp_path: Path) 
     """Given PROMETHEUS_MULTIPROC_DIR set by the user
     When a worker process counts
     Then its file is in that directory, which stays after it exits."""
-    path, pid, files = _count_once({**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    path, pid, _ = _count_once({**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert Path(path) == tmp_path
     assert (tmp_path / f"counter_{pid}.db").exists()

@@ -1,8 +1,8 @@
 """prometheus_client's multiprocess mode for every worker process.
 
-A worker runs several processes (``worker.runner.pool``, or ``-P processes``'s children),
-and ``/metrics`` is served by one of them: each process's counters must be where that
-one can read them. prometheus_client keeps them in files under
+A worker runs several processes (``worker.runner.threaded_processes``, or the children of
+``-P processes``), and ``/metrics`` is served by one of them: each process's counters
+must be where that one can read them. prometheus_client keeps them in files under
 ``PROMETHEUS_MULTIPROC_DIR``, one per process, when that variable is set before its first
 metric value is made (it picks the value class when imported); the serving process sums
 them (``worker.metrics``). So the directory is made here, on Celery's ``import_modules``
