@@ -315,6 +315,36 @@ def throughput_rounds(n: int, repeat: int) -> dict[str, Any]:
             "hidden": median("slow", "pipeline"), "memory": memory}
 
 
+def _transport(n: int, args: argparse.Namespace) -> None:
+    from bench import transport  # imports this module: only when asked for
+
+    transport.main(["--quick"] if args.quick else [])
+
+
+def _scaling(n: int, args: argparse.Namespace) -> None:
+    from bench import scaling  # imports this module: only when asked for
+
+    scaling.main(["--quick"] if args.quick else [])
+
+
+def _cpu(n: int, args: argparse.Namespace) -> None:
+    from bench import cpu
+
+    cpu.report(cpu.rounds(n, args.repeat))
+
+
+def _default(n: int, args: argparse.Namespace) -> None:
+    from bench.default_worker import report
+
+    report(1000 if args.quick else 3000, args.repeat, args.quick)
+
+
+#: The parts in modules of their own, run after the ones above, in this order.
+PARTS: dict[str, Callable[[int, argparse.Namespace], None]] = {
+    "transport": _transport, "scaling": _scaling, "cpu": _cpu, "default": _default,
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
@@ -323,7 +353,8 @@ def main() -> None:
     parser.add_argument("--only", default="",
                         help="comma list: throughput (1, floor, 2),submit,sweep,retention,"
                              "latency,transport,scaling,"
-                             "cpu (7: CPU ms per request, no-op/floor/naive/pipeline)")
+                             "cpu (7: CPU ms per request, no-op/floor/naive/pipeline),"
+                             "default (8: the plain commands)")
     args = parser.parse_args()
     n = 2000 if args.quick else 10000
     only = set(filter(None, args.only.split(",")))
@@ -360,23 +391,13 @@ def main() -> None:
         before, after = bench_retention(n)
         print(f"(6) Redis per completed request: {before:,.0f} B before retention,"
               f" {after:,.0f} B after (ledger TTL, results cap, audit archived)")
-    if want("transport"):
-        from bench import transport  # imports this module: only when asked for
-
-        transport.main(["--quick"] if args.quick else [])
-    if want("scaling"):
-        from bench import scaling  # imports this module: only when asked for
-
-        scaling.main(["--quick"] if args.quick else [])
     if want("latency"):
         capacity = results.get("pipeline") or bench_pipeline(n, 0)[0]
         p50, p99 = bench_latency(min(n, 3000), capacity / 2)
         print(f"(5) enqueue → result at {capacity / 2:.0f}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
-    if want("cpu"):
-        from bench import cpu
-
-        cpu.report(cpu.rounds(n, args.repeat))
-
+    for name, run_part in PARTS.items():
+        if want(name):
+            run_part(n, args)
 
 if __name__ == "__main__":
     main()

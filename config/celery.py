@@ -12,8 +12,23 @@ Why each setting (see the README's "Delivery guarantees"):
   one hour would make a crash recover in an hour; ours is minutes, and the settings
   refuse a retry cap that does not fit well inside it (kombu #337: an ETA held longer
   than the timeout is delivered again).
-- ``worker_prefetch_multiplier``: the work is I/O-bound and short; a few messages per
-  slot keep the threads busy without hoarding messages other workers could take.
+- ``worker_pool``, ``worker_concurrency``: the plain ``celery -A worker.app worker`` runs
+  ``worker.runner.threaded_processes:ThreadedProcesses``: one worker process per core
+  (``IDVCANCEL_WORKER_PROCESSES``), each a full Celery worker on the thread pool with
+  ``IDVCANCEL_WORKER_THREADS`` threads (128). The work is I/O-bound: a thread waits on the
+  provider, so threads hide latency (rate x latency calls in flight); one process runs
+  Python on one core (the GIL), so a process per core uses the machine. Celery's own
+  prefork pool (its default) does neither here: a billiard child runs one task at a time,
+  so a 100 ms provider leaves each core waiting, and its threads pool alone is one
+  process. The first process starts the others (same command line, their own node names),
+  restarts one that dies and passes shutdown signals on (``worker.runner.siblings``).
+  ``-P threads`` (one process), ``-P processes`` (Celery's prefork; give ``-c`` too: the
+  configured concurrency counts threads) and ``-c`` on the command line still win.
+  ``-P prefork`` does not: it is the name of Celery's default, which Celery replaces by the
+  configured pool (docs/operations.md).
+- ``worker_prefetch_multiplier`` (``IDVCANCEL_WORKER_PREFETCH``): the work is I/O-bound and
+  short; a few messages per thread keep the threads busy without hoarding messages other
+  workers could take.
 - ``worker_cancel_long_running_tasks_on_connection_loss``: late-ack tasks cannot be
   acked over a lost connection and are redelivered. With prefork, cancelling them avoids
   running the same request twice in parallel (the default from Celery 6). The thread
@@ -37,7 +52,7 @@ the topic exchange). ``consumer_timeout``: RabbitMQ closes the channel of a cons
 that holds an un-acked message longer than this (30 min by default). With countdowns
 carried by the broker, a worker holds a message only while it runs one attempt (at most
 the HTTP timeout, a few journal round trips and the OneSpan batch window) plus the time
-it waits in the prefetch buffer behind ``PREFETCH_MULTIPLIER`` such attempts per thread:
+it waits in the prefetch buffer behind ``IDVCANCEL_WORKER_PREFETCH`` such attempts per thread:
 well under a minute with the defaults, so the broker's default is kept (README).
 """
 
@@ -50,7 +65,8 @@ from config.broker import amqp_queues
 from config.names import QUEUE
 from config.settings import Settings
 
-PREFETCH_MULTIPLIER = 4
+#: The pool of the plain ``celery -A worker.app worker``: processes x threads.
+WORKER_POOL = "worker.runner.threaded_processes:ThreadedProcesses"
 #: kombu's Redis transport with the checked pop (``worker.broker.redis_transport``).
 REDIS_TRANSPORT = "worker.broker.redis_transport:Transport"
 
@@ -115,7 +131,9 @@ def _common(settings: Settings) -> dict[str, Any]:
         "accept_content": ["json"],
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
-        "worker_prefetch_multiplier": PREFETCH_MULTIPLIER,
+        "worker_pool": WORKER_POOL,
+        "worker_concurrency": settings.worker_threads,
+        "worker_prefetch_multiplier": settings.worker_prefetch,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
         "worker_hijack_root_logger": False,
         # Messages Celery cannot decode or route still end "rejected", on the record.

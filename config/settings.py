@@ -109,8 +109,21 @@ class Settings(BaseSettings):
     rate_limits: RatesPerProvider = Field(
         default_factory=lambda: {"txcloud": 1.0, "jumio": 15.0}
     )
-    # Port for /metrics and /healthz on each worker process (0 = off).
+    # Port for /metrics and /healthz of a worker (0 = off): served by its first process,
+    # counting the work of all its processes (prometheus_client's multiprocess mode).
     metrics_port: int = Field(0, ge=0, le=65535)
+
+    # -- the worker's shape (config/celery.py, worker/runner): processes x threads --------
+    # Worker processes that ``celery -A worker.app worker`` runs, each with its own
+    # threads and broker connection; 0 = one per core this process may use (CPU
+    # affinity and cgroup quota).
+    worker_processes: int = Field(0, ge=0, le=256)
+    # Threads per worker process: requests in flight per process (Celery's
+    # ``worker_concurrency``; ``-c`` on the command line wins). About rate x provider
+    # latency must fit, with room for the CPU queue (docs/performance.md).
+    worker_threads: int = Field(128, ge=1, le=4096)
+    # Messages each thread may hold in advance (``worker_prefetch_multiplier``).
+    worker_prefetch: int = Field(4, ge=1, le=1000)
     # Message signing (worker.broker.signing): paths to a PEM key, its certificate, and a
     # directory (or glob) of the certificates whose signatures are accepted.
     signing_key: str = ""

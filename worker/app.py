@@ -5,7 +5,9 @@ bad environment, or that has effects, happens on Celery's signals, in the proces
 runs a worker (or beat): the settings are checked (a bad ``IDVCANCEL_*`` value stops the
 worker with one line naming the variable, instead of a traceback in every import),
 logging is set up, messages are signed when configured, and the start-up checks run
-once the worker is ready (``worker.ops.startup``).
+once the worker is ready (``worker.ops.startup``). Before the task modules are imported,
+metrics are pointed at files every process of the worker shares
+(``worker.runner.metrics_files``).
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import beat_init, celeryd_init, worker_ready
+from celery.signals import beat_init, celeryd_init, import_modules, worker_ready
 from pydantic import ValidationError
 
 from config.celery import celery_config
 from config.settings import Settings, describe_settings_error, get_settings
+from worker.runner.metrics_files import use_metrics_files
 
 app = Celery("idvcancel", include=["tasks.process", "tasks.track", "tasks.sweep",
                                      "tasks.retention", "tasks.reconcile", "tasks.checkpoint",
@@ -56,6 +59,11 @@ def _ready(**_: Any) -> None:
     on_ready()
 
 
+def _before_tasks(**_: Any) -> None:
+    use_metrics_files()
+
+
+import_modules.connect(_before_tasks, sender=app, weak=False)
 celeryd_init.connect(_start, weak=False)
 beat_init.connect(_start, weak=False)
 worker_ready.connect(_ready, weak=False)

@@ -1,19 +1,25 @@
-"""Prometheus metrics, and the ``/metrics`` + ``/healthz`` endpoint of a worker process.
+"""Prometheus metrics, and the ``/metrics`` + ``/healthz`` endpoint of a worker.
 
-Counters are per process (Prometheus sums them); the dead-letter depth is read from
-Redis at scrape time, so every worker reports the same, true number.
+A worker runs several processes (``worker.runner``) and one of them serves ``/metrics``:
+in a worker, prometheus_client runs in multiprocess mode (``worker.runner.metrics_files``),
+every process counts into its own file and the serving process sums the files, so the
+counts are the whole worker's. What is read at scrape time (the dead-letter depth, from
+Redis) comes from the serving process's collectors, so every worker reports the same,
+true number.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import REGISTRY, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.core import REGISTRY, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector, CollectorRegistry
 
 REQUESTS = Counter("idvcancel_requests_total", "Requests finished, by provider and outcome",
                    ["provider", "outcome"])
@@ -30,7 +36,7 @@ RESUBMITTED = Counter("idvcancel_resubmitted_total",
                       ["phase"])
 BREAKER_STATE = Gauge("idvcancel_breaker_state",
                       "Circuit breaker as last seen here: 0 closed, 1 open, 2 half-open",
-                      ["provider"])
+                      ["provider"], multiprocess_mode="mostrecent")
 #: A retry scheduled this late in a request's retry deadline (IDVCANCEL_RETRY_DEADLINE_SECONDS)
 #: counts in ``RETRIES_NEAR_DEADLINE``: the request ends ``failed`` soon unless the provider
 #: recovers.
@@ -74,10 +80,37 @@ class DeadLetterDepth(Collector):
         yield gauge
 
 
+class AllProcesses(Collector):
+    """The counts in every process's file, then what only this process has: collectors
+    read at scrape time, and its own process and platform facts."""
+
+    def __init__(self, path: str) -> None:
+        self.files = MultiProcessCollector(None, path)  # type: ignore[no-untyped-call]  # untyped in prometheus_client
+
+    def collect(self) -> Iterator[Metric]:
+        counted = list(self.files.collect())  # type: ignore[no-untyped-call]  # as above
+        yield from counted
+        names = {family.name for family in counted}
+        # This process's view of the counted metrics is in the files already.
+        yield from (family for family in REGISTRY.collect() if family.name not in names)
+
+
+def exposed() -> CollectorRegistry:
+    """The registry ``/metrics`` shows: every process's counts in multiprocess mode,
+    this process's otherwise."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return REGISTRY
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(AllProcesses(path))
+    return registry
+
+
 def serve(port: int, healthy: Callable[[], tuple[bool, str]],
           read_depth: Callable[[], int]) -> ThreadingHTTPServer:
     """Serve ``/metrics`` and ``/healthz`` (200 when healthy, 503 otherwise) on ``port``."""
     REGISTRY.register(DeadLetterDepth(read_depth))
+    registry = exposed()
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -85,7 +118,7 @@ def serve(port: int, healthy: Callable[[], tuple[bool, str]],
                 ok, detail = healthy()
                 self._send(200 if ok else 503, detail.encode(), "text/plain")
             elif self.path.startswith("/metrics"):
-                self._send(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             else:
                 self._send(404, b"not found", "text/plain")
 

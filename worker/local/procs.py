@@ -55,8 +55,9 @@ class WorkerProcess:
         extra_args: Sequence[str] = (),
         app: str = "worker.app",
         queue: str | None = None,
-        loglevel: str = "INFO",
+        loglevel: str | None = "INFO",
         cwd: Path | None = None,
+        plain: bool = False,
     ) -> None:
         self.env: dict[str, str] = dict(env or {})
         self.concurrency = concurrency
@@ -67,6 +68,9 @@ class WorkerProcess:
         #: the dead-letter queue), as the contract's plain ``celery -A worker.app worker``.
         self.queue = queue
         self.loglevel = loglevel
+        #: The contract's own command, ``celery -A <app> worker`` (plus ``-l``, the queue
+        #: and ``extra_args``): the pool, concurrency and node name the app configures.
+        self.plain = plain
         self.extra_args: tuple[str, ...] = tuple(extra_args)
         self.cwd = cwd or REPO_ROOT
         if log_path is None:
@@ -81,6 +85,10 @@ class WorkerProcess:
 
     def command(self) -> list[str]:
         """The argv used to launch the worker."""
+        if self.plain:
+            return [sys.executable, "-m", "celery", "-A", self.app, "worker",
+                    *(("-Q", self.queue) if self.queue else ()),
+                    *(("-l", self.loglevel) if self.loglevel else ()), *self.extra_args]
         return [
             sys.executable,
             "-m",
@@ -97,8 +105,7 @@ class WorkerProcess:
             "--without-mingle",
             "-n",
             self.name,
-            "-l",
-            self.loglevel,
+            *(("-l", self.loglevel) if self.loglevel else ()),
             *self.extra_args,
         ]
 
@@ -163,7 +170,7 @@ class WorkerProcess:
         if the process exits first or ``timeout`` seconds pass."""
         if self._proc is None:
             raise WorkerStartError("wait_ready() before start()")
-        if self.loglevel.upper() in _QUIET_LEVELS:
+        if self.loglevel is None or self.loglevel.upper() in _QUIET_LEVELS:
             raise ValueError(
                 f"loglevel {self.loglevel!r} hides Celery's 'ready.' line; use INFO or DEBUG"
             )

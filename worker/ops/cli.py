@@ -43,18 +43,17 @@ def schema() -> None:
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("-c", "--concurrency", default=32, show_default=True,
-              help="Requests in flight per worker process (threads).")
 @click.option("-l", "--loglevel", default="INFO", show_default=True)
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def worker(concurrency: int, loglevel: str, celery_args: tuple[str, ...]) -> None:
-    """Run a worker for production: the thread pool, the app's queues (``idvcancel``, and
+def worker(loglevel: str, celery_args: tuple[str, ...]) -> None:
+    """Run a worker for production: ``celery -A worker.app worker`` with the app's
+    configured pool (IDVCANCEL_WORKER_PROCESSES processes, default one per core, each with
+    IDVCANCEL_WORKER_THREADS threads, default 128), the app's queues (``idvcancel``, and
     on RabbitMQ its dead-letter queue ``idvcancel.dead``), no gossip.
 
-    Extra arguments are passed on to ``celery worker``.
+    Extra arguments are passed on to ``celery worker`` (``-c 64``: threads per process).
     """
-    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-            "-P", "threads", "-c", str(concurrency), "-l", loglevel,
+    argv = [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "-l", loglevel,
             "--without-gossip", "--without-mingle", *celery_args]
     os.execv(sys.executable, argv)  # noqa: S606 - replace this process with the worker
 

@@ -14,6 +14,7 @@ from worker.logs import get_logger
 from worker.metrics import serve
 from worker.providers import adapter_class, supported_providers
 from worker.redis_client import probe_client
+from worker.runner.siblings import sibling_number
 
 
 def configuration_warnings() -> list[str]:
@@ -54,12 +55,14 @@ def _dead_letter_depth() -> int:
 
 def on_ready() -> None:
     """Once the worker is ready (``worker.app`` calls it on Celery's ``worker_ready``):
-    say what is misconfigured, and serve ``/metrics`` and ``/healthz`` when asked."""
+    say what is misconfigured, and serve ``/metrics`` and ``/healthz`` when asked (in the
+    worker's first process only)."""
     log = get_logger()
     for warning in configuration_warnings():
         log.warning("configuration", problem=warning)
     port = get_settings().metrics_port
-    if port:
+    # One process of a worker serves them, counting all (worker.runner, worker.metrics).
+    if port and sibling_number() is None:
         serve(port, _healthy, _dead_letter_depth)
         from worker.journal.attention import register_gauge
 
