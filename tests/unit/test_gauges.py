@@ -93,3 +93,20 @@ def test_a_scrape_while_redis_is_away_answers_without_failing() -> None:
     found = collected(away)
     assert found["idvcancel_backlog"] == {}
     assert math.isnan(found["idvcancel_last_result_age_seconds"][()])
+
+
+def test_the_circuit_state_is_read_from_the_breaker_every_worker_shares(
+        client: redis.Redis) -> None:
+    """Given idpass's breaker opened by failures reported through the real breaker script
+    (as any worker would), when a scrape reads the gauges, then idpass shows 1 (open) and
+    gu1, never failing, 0; once the open time has run out it shows 2 (a probe is due)."""
+    from worker.gate.breaker import CircuitBreaker
+
+    breaker = CircuitBreaker(redis.Redis(connection_pool=client.connection_pool,
+                                         decode_responses=True),
+                             threshold=2, open_seconds=0.2, probe_seconds=5)
+    breaker.failure("idpass")
+    breaker.failure("idpass")
+    assert collected(client)["idvcancel_circuit_state"] == {("idpass",): 1.0, ("gu1",): 0.0}
+    time.sleep(0.3)
+    assert collected(client)["idvcancel_circuit_state"]["idpass",] == 2.0

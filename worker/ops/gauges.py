@@ -15,6 +15,10 @@ verdicts, then one ``HMGET`` of at most ``BACKLOG_SCAN`` request bodies.
 - ``idvcancel_audit_verify_ok{by}`` (1 verified, 0 broken) and
   ``idvcancel_audit_verify_age_seconds{by}``: each verifier's last verdict
   (``worker.journal.verdicts``).
+- ``idvcancel_circuit_state{provider}``: each provider's circuit breaker as Redis holds it
+  for every worker (``worker.gate.breaker``). ``idvcancel_breaker_state`` is what one
+  process last saw, and a process that stops calling a provider keeps its last sight: the
+  alert watches this one.
 """
 
 from __future__ import annotations
@@ -91,6 +95,9 @@ class RedisGauges(Collector):
             GaugeMetricFamily("idvcancel_audit_verify_age_seconds",
                               "Seconds since the last verification of the audit chain",
                               labels=["by"]),
+            GaugeMetricFamily("idvcancel_circuit_state",
+                              "Circuit breaker as every worker shares it (Redis): 0 closed,"
+                              " 1 open, 2 a probe is due or running", labels=["provider"]),
         )
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
@@ -98,15 +105,16 @@ class RedisGauges(Collector):
         yield from self._families()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        backlog, last_age, ok, age = self._families()
+        families = self._families()
         try:
-            self._read(backlog, last_age, ok, age)
+            self._read(*families)
         except Exception:  # noqa: BLE001 - a scrape must not fail because Redis is away
-            last_age.add_metric([], math.nan)
-        yield from (backlog, last_age, ok, age)
+            families[1].add_metric([], math.nan)
+        yield from families
 
     def _read(self, backlog: GaugeMetricFamily, last_age: GaugeMetricFamily,
-              ok: GaugeMetricFamily, age: GaugeMetricFamily) -> None:
+              ok: GaugeMetricFamily, age: GaugeMetricFamily,
+              circuit: GaugeMetricFamily) -> None:
         client = self.client()
         pipe = client.pipeline(transaction=False)
         pipe.zcard(keys.INTAKE)
@@ -114,8 +122,12 @@ class RedisGauges(Collector):
         pipe.xrevrange(keys.RESULTS, count=1)
         pipe.hgetall(keys.AUDIT_VERIFIED)
         pipe.time()
-        total, ids, last, raw_verdicts, (seconds, micros) = pipe.execute()
+        for provider in self.providers:
+            pipe.hmget(keys.breaker(provider), "state", "open_until")
+        total, ids, last, raw_verdicts, (seconds, micros), *breakers = pipe.execute()
         now = seconds + micros / 1e6
+        for provider, (state, open_until) in zip(self.providers, breakers, strict=True):
+            circuit.add_metric([provider], circuit_value(state, open_until, now))
         bodies = client.hmget(keys.INTAKE_REQUESTS, ids) if ids else []
         for provider, waiting in backlog_by_provider(int(total), bodies,
                                                      self.providers).items():
@@ -129,6 +141,27 @@ class RedisGauges(Collector):
         for verifier, verdict in sorted(found.items()):
             ok.add_metric([verifier], 1.0 if verdict.ok else 0.0)
             age.add_metric([verifier], max(0.0, now - verdict.at))
+
+
+def circuit_value(state: Any, open_until_ms: Any, now: float) -> float:
+    """A breaker's hash (``lua/breaker.lua``) as a number: 0 closed, 1 open, 2 a probe is
+    due or running. An open circuit whose time ran out is 2: it stays "open" in Redis
+    until the next call asks, and that call is the probe.
+
+    Examples:
+        >>> circuit_value(None, None, 100.0)
+        0.0
+        >>> circuit_value(b"open", b"150000", 100.0), circuit_value(b"open", b"90000", 100.0)
+        (1.0, 2.0)
+        >>> circuit_value("half_open", None, 100.0)
+        2.0
+    """
+    name = _text(state) if state is not None else "closed"
+    if name == "closed":
+        return 0.0
+    if name == "open" and float(_text(open_until_ms or 0)) / 1000 > now:
+        return 1.0
+    return 2.0
 
 
 def register(client: Callable[[], redis.Redis], providers: Iterable[str]) -> None:
