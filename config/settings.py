@@ -63,6 +63,10 @@ class Settings(BaseSettings):
     rate_limits: dict[str, float] = Field(
         default_factory=lambda: {"txcloud": 1.0, "jumio": 15.0}
     )
+    # Seconds added to the rate limit's window (worker.gate.ratelimit): how late a call may
+    # reach the provider after the limiter let it go (waking up, the HTTP send) without
+    # rate + 1 calls in any second there. Calls then go at rate / (1 + margin) at most.
+    rate_limit_margin: float = Field(0.08, ge=0, le=0.5)
     # Port for /metrics and /healthz on each worker process (0 = off).
     metrics_port: int = Field(0, ge=0, le=65535)
     # Message signing (worker.broker.signing): paths to a PEM key, its certificate, and a

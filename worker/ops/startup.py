@@ -52,10 +52,22 @@ def _dead_letter_depth() -> int:
     return int(_probe_client().hlen(keys.DLQ))
 
 
+def _start_releaser() -> None:
+    """Publish parked requests again when they are due (``worker.triggers.release``)."""
+    from worker.delivery.runtime import pipeline
+    from worker.triggers.release import start_releaser
+
+    guard = pipeline().guard
+    if guard is not None and guard.parking is not None:
+        start_releaser(get_settings(), guard.parking, guard.limiter)
+
+
 def on_ready() -> None:
     """Once the worker is ready (``worker.app`` calls it on Celery's ``worker_ready``):
-    say what is misconfigured, and serve ``/metrics`` and ``/healthz`` when asked."""
+    say what is misconfigured, start the releaser of parked requests, and serve
+    ``/metrics`` and ``/healthz`` when asked."""
     log = get_logger()
+    _start_releaser()
     for warning in configuration_warnings():
         log.warning("configuration", problem=warning)
     port = get_settings().metrics_port

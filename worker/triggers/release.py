@@ -1,0 +1,149 @@
+"""The releaser: publishes parked requests again when they are due (``worker.gate.parking``).
+
+One thread in every worker process, started when the worker is ready. The processes
+share the work through Redis: ``lua/release.lua`` hands each due entry to one of them
+under a lease, and an entry is confirmed (forgotten) only after its message is out, so
+a process killed in between loses nothing (another claims it when the lease ends; a
+second copy would be a ledger duplicate, never a second call).
+
+Published where: on a Redis broker (unsigned messages), at the *consuming* end of the
+queue (``RPUSH``; kombu pops with ``BRPOP`` from the right), so a request that has
+waited for its slot is not late for it behind a backlog that arrived meanwhile; with
+the intake index entry as any push (``worker.triggers.reconcile``). On RabbitMQ, and for
+signed messages, through the producer (the back of the queue): a request that comes
+back too late for its slot books another (one more publish, never an extra call).
+
+The loop sleeps until the next timed entry is due (at most ``MAX_SLEEP_SECONDS``, for
+entries other processes park and for the breaker), so an idle worker costs a few cheap
+script calls a second.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Sequence
+
+import redis
+
+from config.settings import Settings
+from worker import keys
+from worker.broker import wire
+from worker.broker.producer import Producer
+from worker.contract import QUEUE
+from worker.gate.parking import ParkingLot
+from worker.gate.ratelimit import RateLimiter
+from worker.logs import get_logger
+from worker.providers import supported_providers
+
+#: Longest sleep between two looks (entries parked by other processes, the breaker).
+MAX_SLEEP_SECONDS = 0.25
+#: Entries claimed (and published) at once per provider.
+BATCH = 500
+#: A claim not confirmed within this long is claimed again (its releaser died).
+LEASE_SECONDS = 30.0
+#: Once a circuit closes, parked entries get slots this far ahead at most per look: the
+#: limiter's pace, and room for requests that arrive meanwhile.
+PROMOTE_HORIZON_SECONDS = 2.0
+#: Without a rate limit, entries released per look once the circuit has closed.
+UNLIMITED_PER_LOOK = 50
+
+
+class Releaser:
+    """Parameters:
+        settings: the state store, the broker, signing, the breaker's probe time.
+        lot: the parked requests; limiter: books slots for entries the breaker held.
+        producer: publishes on RabbitMQ or signed (default: one for ``settings``).
+    """
+
+    def __init__(self, settings: Settings, lot: ParkingLot, limiter: RateLimiter,
+                 producer: Producer | None = None) -> None:
+        self.settings = settings
+        self.lot = lot
+        self.limiter = limiter
+        self.producer = producer or Producer(settings.redis_url, settings=settings)
+        self.providers = tuple(supported_providers())
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.log = get_logger()
+
+    # -- the loop ----------------------------------------------------------------------
+    def start(self) -> Releaser:
+        self._thread = threading.Thread(target=self._run, name="idvcancel-releaser",
+                                        daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                pause = self.look()
+            except (redis.RedisError, OSError) as exc:  # Redis or the broker away: retry
+                self.log.warning("release_failed", error=type(exc).__name__)
+                pause = 1.0
+            except Exception:  # the thread must outlive a bug of ours; it logs it
+                self.log.exception("release_error")
+                pause = 1.0
+            self._stop.wait(pause)
+
+    def look(self) -> float:
+        """Release what is due at every provider; returns how long to sleep."""
+        pause = MAX_SLEEP_SECONDS
+        for provider in self.providers:
+            claim = self.lot.claim(provider, BATCH, LEASE_SECONDS,
+                                   self.settings.breaker_probe_seconds)
+            if claim.entries:
+                self.publish(claim.entries)
+                self.lot.confirm(provider, [rid for rid, _ in claim.entries])
+                if len(claim.entries) >= BATCH:
+                    pause = 0.0
+            if claim.breaker == "closed" and claim.waiting:
+                self._promote(provider, claim.waiting)
+                pause = min(pause, 0.05)
+            if claim.next_due is not None:
+                pause = min(pause, claim.next_due)
+        return max(0.0, pause)
+
+    def _promote(self, provider: str, waiting: int) -> None:
+        if self.limiter.interval_ms(provider) is None:
+            self.lot.promote(provider, None, min(waiting, UNLIMITED_PER_LOOK))
+            return
+        slots = self.limiter.reserve(provider, waiting, PROMOTE_HORIZON_SECONDS)
+        if slots is not None and slots.count:
+            moved = self.lot.promote(provider, slots, slots.count)
+            self.log.info("released_after_breaker", provider=provider, moved=moved,
+                          waiting=waiting - moved)
+
+    # -- publishing --------------------------------------------------------------------
+    def publish(self, entries: Sequence[tuple[str, str]]) -> None:
+        """Publish (request id, request JSON) pairs, in order, with their index entries."""
+        if self.producer.amqp is not None or self.producer.signed:
+            self.producer.submit_many([json.loads(text) for _, text in entries])
+            return
+        # RPUSH a, b, c leaves c at the right, the end BRPOP takes first: push in reverse.
+        messages = [wire.encode_json(text, rid) for rid, text in entries]
+        now = time.time()
+        pipe = self.producer.redis.pipeline(transaction=True)
+        pipe.rpush(QUEUE, *reversed(messages))
+        pipe.zadd(keys.INTAKE, {rid: now for rid, _ in entries}, nx=True)
+        pipe.hset(keys.INTAKE_REQUESTS, mapping=dict(entries))
+        pipe.execute()
+
+
+_lock = threading.Lock()
+_releaser: Releaser | None = None
+
+
+def start_releaser(settings: Settings, lot: ParkingLot, limiter: RateLimiter) -> Releaser:
+    """This process's releaser, started once."""
+    global _releaser  # noqa: PLW0603 - one releaser per process, started when the worker is ready
+    with _lock:
+        if _releaser is None:
+            _releaser = Releaser(settings, lot, limiter).start()
+        return _releaser
