@@ -320,7 +320,7 @@ def main() -> None:
                         help="rounds of (1), the floor and (2); medians are printed")
     parser.add_argument("--only", default="",
                         help="comma list: throughput (1, floor, 2),submit,sweep,retention,"
-                             "latency")
+                             "latency,fairness (bench/fairness.py: only when named)")
     args = parser.parse_args()
     n = 2000 if args.quick else 10000
     only = set(filter(None, args.only.split(",")))
@@ -361,6 +361,10 @@ def main() -> None:
         capacity = results.get("pipeline") or bench_pipeline(n, 0)[0]
         p50, p99 = bench_latency(min(n, 3000), capacity / 2)
         print(f"(5) enqueue → result at {capacity / 2:.0f}/s: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
+    if "fairness" in only:  # minutes of waiting on a limit and an outage: never by default
+        from bench.fairness import main as fairness
+
+        fairness(["--quick"] if args.quick else [])
 
 
 if __name__ == "__main__":

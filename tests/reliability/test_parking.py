@@ -22,7 +22,11 @@ from tests.reliability.conftest import RelStack, close_stack, open_stack, wait_u
 from tests.reliability.test_rate_limits import max_in_window
 
 RATE = 4.0
-LIMITED = {"IDVCANCEL_RATE_LIMITS": json.dumps({"txcloud": RATE})}
+#: A quarter of a second of margin: the calls' trip from the limiter's gate to the
+#: simulator crosses two busy cores shared with other test runs, where a process can
+#: stall for a good part of that (the bench measures the default 80 ms).
+LIMITED = {"IDVCANCEL_RATE_LIMITS": json.dumps({"txcloud": RATE}),
+           "IDVCANCEL_RATE_LIMIT_MARGIN": "0.25"}
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
@@ -80,7 +84,8 @@ def test_a_parked_request_is_released_and_ends_once(held_stack: RelStack) -> Non
 
 def test_parking_survives_a_worker_kill(held_stack: RelStack) -> None:
     """Given 20 TXCloud cancels parked behind a 4/s limit
-    When the only worker is killed -9 and another one starts
+    When the only worker is killed -9 and another one starts (and, on Redis, beat: the
+    reconciler brings back a message kombu lost in the instant of the kill)
     Then every request still ends cancelled exactly once, with one call each."""
     rel = held_stack
     first = rel.start_worker(concurrency=16, **LIMITED)
@@ -90,6 +95,10 @@ def test_parking_survives_a_worker_kill(held_stack: RelStack) -> None:
     first.kill()
     assert _parked(rel) >= 5  # they wait in Redis, not in the dead worker's memory
     rel.start_worker(concurrency=16, **LIMITED)
+    if rel.broker_url == rel.redis_url:
+        # kombu's Redis transport can lose a message popped in the instant of the kill
+        # (before it is recorded un-acked): the reconciler's business, so run it.
+        rel.start_beat(**LIMITED)
     results = rel.wait_results([r["request_id"] for r in requests], timeout=120)
     assert Counter(e["outcome"] for e in results.values()) == {"cancelled": 20}
     _called_once(rel, requests)

@@ -183,3 +183,14 @@ def test_once_the_circuit_closes_waiting_requests_get_slots_at_the_limiters_pace
     assert last - first == pytest.approx(37 * 54, abs=0.01)
     score = fake_redis.zscore(keys.held("txcloud"), "r-037")
     assert score == pytest.approx(last - RELEASE_LEAD_SECONDS * 1000, abs=1)
+
+
+def test_status_tells_where_a_parked_request_waits(lot: ParkingLot) -> None:
+    """Given r-1 parked for a minute and r-2 on the breaker / When asked where they wait /
+    Then each answer names its provider and the set; an unknown id answers None."""
+    lot.hold("txcloud", "r-1", REQUEST, 60)
+    lot.wait_for_breaker("txcloud", "r-2", REQUEST, 2_000_000_000.0)
+    timed, breaker = lot.where("r-1"), lot.where("r-2")
+    assert timed is not None and timed["waits"] == "timed" and timed["provider"] == "txcloud"
+    assert breaker == {"provider": "txcloud", "waits": "breaker", "until": 2_000_000_000.0}
+    assert lot.where("r-3") is None

@@ -342,7 +342,13 @@ class Pipeline:
               *, recover: bool = False, park: Callable[[], None] | None = None
               ) -> Step | Moved:
         """Record the wait (ledger ``waiting``, audit ``retry_scheduled``); then ``park``
-        the request (its message is acked) or send it back with a countdown."""
+        the request (its message is acked) or send it back with a countdown.
+
+        A retry after a failure while the provider's circuit is open (this failure opened
+        it, or it was a failed probe) waits parked on the breaker rather than with a
+        countdown: it would only come back to be held there (one publish saved)."""
+        if park is None and (parking := self._parking(message)) is not None:
+            park = self._park_on_open_circuit(parking, message)
         RETRIES.labels(message.field("provider") or "unknown", reason).inc()
         log.info("retry_scheduled", attempt=attempts, delay=round(delay, 3), error=reason,
                  http_status=http_status, parked=park is not None)
@@ -357,6 +363,22 @@ class Pipeline:
             park()
             return Parked()
         return RetryLater(min(delay, self.settings.retry_cap_seconds))
+
+    def _park_on_open_circuit(self, parking: ParkingLot, message: Message
+                              ) -> Callable[[], None] | None:
+        assert self.guard is not None and message.request is not None
+        provider, request_id = message.request.provider, message.request_id
+        if request_id is None or self.guard.breaker.state(provider) == "closed":
+            return None
+        text = json.dumps(message.request.model_dump(mode="json"))
+
+        def park() -> None:
+            # the retry deadline counts from the first claim, kept in the ledger
+            created = float(self.journal.client.hget(message.ledger_key, "created") or 0)
+            parking.wait_for_breaker(provider, request_id, text,
+                                     (created or self.clock())
+                                     + self.settings.retry_deadline_seconds)
+        return park
 
     def _attempt_record(self, message: Message, attempt: int,
                         answer: ProviderAnswer | ProviderError, started: float) -> dict[str, Any]:

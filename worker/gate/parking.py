@@ -26,6 +26,7 @@ says ``waiting`` with ``not_before`` the release time, and the audit has the
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import redis
@@ -132,6 +133,22 @@ class ParkingLot:
         return int(self._park(keys=_keys(provider), args=[
             "promote", f"{first:.3f}", f"{interval:.3f}", str(count),
             f"{RELEASE_LEAD_SECONDS * 1000:.0f}", prefix, str(HELD_SLOT_KEEP_MS)]))
+
+    def where(self, request_id: str) -> dict[str, object] | None:
+        """Where a parked request waits (for ``idvcancel status``), or None."""
+        text = self.client.hget(keys.HELD_REQUESTS, request_id)
+        if text is None:
+            return None
+        provider = str(json.loads(str(text)).get("provider"))
+        for name, key in (("timed", keys.held(provider)),
+                          ("breaker", keys.held_breaker(provider)),
+                          ("releasing", keys.held_claimed(provider))):
+            score = self.client.zscore(key, request_id)
+            if score is not None:
+                # timed: when it is released; breaker: its retry deadline; releasing:
+                # when its release's lease ends
+                return {"provider": provider, "waits": name, "until": float(score) / 1000}
+        return {"provider": provider, "waits": "released"}
 
     def depth(self, provider: str) -> dict[str, int]:
         """How many requests are parked for ``provider``, by where they wait."""
