@@ -4,15 +4,24 @@ The same behaviours with real workers and a real Redis: tests/reliability/test_p
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+from typing import Any, cast
 
 import fakeredis
+import httpx
 import pytest
 
+from config.settings import Settings
 from worker import keys
-from worker.gate.parking import RELEASE_LEAD_SECONDS, ParkingLot
+from worker.delivery.pipeline import Finished, Pipeline
+from worker.gate.breaker import CircuitBreaker
+from worker.gate.guard import ProviderGuard
+from worker.gate.parking import RELEASE_LEAD_SECONDS, Parked, ParkingLot
 from worker.gate.ratelimit import RateLimiter
+from worker.journal.steps import Journal
+from worker.providers.idpass import IdPassAdapter
 
 REQUEST = json.dumps({"request_id": "r-1", "provider": "txcloud"})
 
@@ -32,8 +41,8 @@ def now_ms(client: fakeredis.FakeRedis) -> float:
     return seconds * 1000 + micros / 1000
 
 
-def test_the_limiter_books_slots_one_interval_apart_with_no_burst(limiter: RateLimiter
-                                                                   ) -> None:
+def test_the_limiter_books_slots_one_interval_apart_with_no_burst(
+        limiter: RateLimiter, fake_redis: fakeredis.FakeRedis) -> None:
     """Given a 20/s limit and nothing booked
     When 40 requests ask at once
     Then one goes now, the next ones wait one interval (54 ms) more each: no burst;
@@ -45,7 +54,10 @@ def test_the_limiter_books_slots_one_interval_apart_with_no_burst(limiter: RateL
     assert waits[0] == 0.0
     # the 40th slot is 39 intervals after the first, whatever time the calls took
     assert waits[-1] + elapsed >= 39 * 0.054 - 0.002
-    assert waits == sorted(waits)
+    slots = [float(v) for i in range(40)
+             if (v := fake_redis.get(keys.ratelimit_slot("txcloud", f"r-{i}"))) is not None]
+    assert slots and all(b - a == pytest.approx(54, abs=0.1)
+                         for a, b in itertools.pairwise(slots))
     assert [t.held for t in tickets] == [w > 0.5 for w in waits]
 
 
@@ -194,3 +206,42 @@ def test_status_tells_where_a_parked_request_waits(lot: ParkingLot) -> None:
     assert timed is not None and timed["waits"] == "timed" and timed["provider"] == "txcloud"
     assert breaker == {"provider": "txcloud", "waits": "breaker", "until": 2_000_000_000.0}
     assert lot.where("r-3") is None
+
+
+def _pipeline(client: fakeredis.FakeRedis) -> Any:
+    settings = Settings(idpass_base_url="http://idpass.test", idpass_token="tok",
+                        retry_cap_seconds=5, lease_seconds=30)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"status": "cancelled", "fee_refunded": False})
+
+    adapter = IdPassAdapter(settings, transport=httpx.MockTransport(answer))
+    guard = ProviderGuard(CircuitBreaker(client, threshold=5, open_seconds=30,
+                                         probe_seconds=15),
+                          RateLimiter(client, {"idpass": 1.0}), ParkingLot(client))
+    return Pipeline(settings, Journal(client), adapters=lambda *_: adapter, guard=guard)
+
+
+def _request(n: int) -> dict[str, str]:
+    return {"request_id": f"r-{n}", "provider": "idpass", "action": "cancel",
+            "reference": "fe4291ca-d831-4760-96df-c9cb03b3cd95", "requested_by": "tests"}
+
+
+def test_a_held_request_is_parked_once_and_a_copy_of_it_adds_nothing(
+        fake_redis: fakeredis.FakeRedis) -> None:
+    """Given ID Pass limited to 1 call a second and r-1 just called
+    When r-2 arrives, then a copy of r-2
+    Then r-2 is parked (ledger waiting, a retry_scheduled record, its entry with the
+    slot held for it) and its message acked; the copy is acked too and parks nothing."""
+    pipeline = _pipeline(fake_redis)
+    assert pipeline.handle([_request(1)], {}, "t-1") == Finished("cancelled")
+    assert pipeline.handle([_request(2)], {}, "t-2") == Parked()
+    assert fake_redis.hget("idvcancel:req:r-2", "phase") == "waiting"
+    assert fake_redis.zcard(keys.held("idpass")) == 1
+    assert fake_redis.exists(keys.ratelimit_slot("idpass", "r-2"))
+    entries = cast("list[tuple[str, dict[str, str]]]", fake_redis.xrange("idvcancel:audit"))
+    records = [json.loads(fields["record"]) for _, fields in entries]
+    assert [r["error"] for r in records if r["step"] == "retry_scheduled"] == ["rate_limited"]
+    assert pipeline.handle([_request(2)], {}, "t-3") == Parked()
+    assert fake_redis.zcard(keys.held("idpass")) == 1
+    assert fake_redis.xlen("idvcancel:results") == 1  # r-1's only
