@@ -28,7 +28,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -43,7 +43,7 @@ from bench.run import LOGS, Simulator  # noqa: E402
 from worker.broker.producer import Producer  # noqa: E402
 from worker.local.procs import WorkerProcess  # noqa: E402
 from worker.local.redis_server import RedisServer  # noqa: E402
-from worker.local.simulator.client import SimulatorClient  # noqa: E402
+from worker.local.simulator.client import SimulatorClient, most_in_window  # noqa: E402
 
 RATE = 20.0
 HELD = ("rate_limited", "circuit_open")
@@ -55,17 +55,6 @@ def requests(provider: str, n: int, tag: str) -> list[dict[str, Any]]:
              "reference": (str(uuid.uuid4()) if provider == "idpass"
                            else f"ref{uuid.uuid4().hex[:20]}"),
              "requested_by": "bench"} for i in range(n)]
-
-
-def max_sliding(times: list[float], window: float = 1.0) -> int:
-    """Most calls within any window of ``window`` seconds (a window may start anywhere)."""
-    times = sorted(times)
-    best, low = 0, 0
-    for high, t in enumerate(times):
-        while t - times[low] >= window:
-            low += 1
-        best = max(best, high - low + 1)
-    return best
 
 
 def max_fixed(times: Iterable[float]) -> int:
@@ -116,55 +105,42 @@ class Run:
         fields = Path(f"/proc/{self.worker.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-    def results(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
-        """Every result event by request id, with when it was written (s)."""
-        out: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    def stream(self, key: str, field: str) -> Iterator[tuple[float, dict[str, Any]]]:
+        """Every entry of a stream, paged: (when it was written, s; its decoded field)."""
         low = "-"
         while True:
             page = cast("list[tuple[str, dict[str, str]]]",
-                        self.client.xrange("idvcancel:results", min=low, count=2000))
+                        self.client.xrange(key, min=low, count=5000))
             for entry_id, fields in page:
-                event = json.loads(fields["event"])
-                out.setdefault(event["request_id"], []).append(
-                    (int(entry_id.split("-")[0]) / 1000, event))
-            if len(page) < 2000:
-                return out
+                yield int(entry_id.split("-")[0]) / 1000, json.loads(fields[field])
+            if len(page) < 5000:
+                return
             low = "(" + page[-1][0]
+
+    def results(self) -> dict[str, list[tuple[float, dict[str, Any]]]]:
+        """Every result event by request id, with when it was written (s)."""
+        out: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+        for at, event in self.stream("idvcancel:results", "event"):
+            out.setdefault(event["request_id"], []).append((at, event))
+        return out
 
     def audit_steps(self) -> dict[str, Counter[str]]:
         """Per request id, how many audit records of each step (holds by their reason)."""
         out: dict[str, Counter[str]] = {}
-        low = "-"
-        while True:
-            page = cast("list[tuple[str, dict[str, str]]]",
-                        self.client.xrange("idvcancel:audit", min=low, count=5000))
-            for _, fields in page:
-                record = json.loads(fields["record"])
-                step = record["step"]
-                if step == "retry_scheduled":
-                    step = f"retry_scheduled:{record.get('error')}"
-                out.setdefault(record["request_id"], Counter())[step] += 1
-            if len(page) < 5000:
-                return out
-            low = "(" + page[-1][0]
+        for _, record in self.stream("idvcancel:audit", "record"):
+            step = record["step"]
+            if step == "retry_scheduled":
+                step = f"retry_scheduled:{record.get('error')}"
+            out.setdefault(record["request_id"], Counter())[step] += 1
+        return out
 
     def sent_at(self, provider: str, since: float) -> list[float]:
         """When each call to ``provider`` left the worker (its audit ``attempt`` record:
         written after the answer, minus the call's duration)."""
-        out: list[float] = []
-        low = "-"
-        while True:
-            page = cast("list[tuple[str, dict[str, str]]]",
-                        self.client.xrange("idvcancel:audit", min=low, count=5000))
-            for _, fields in page:
-                record = json.loads(fields["record"])
-                if record["step"] == "attempt" and record["provider"] == provider:
-                    at = datetime.fromisoformat(record["at"]).timestamp()
-                    if at >= since:
-                        out.append(at - record["duration_ms"] / 1000)
-            if len(page) < 5000:
-                return out
-            low = "(" + page[-1][0]
+        return [at - record["duration_ms"] / 1000
+                for _, record in self.stream("idvcancel:audit", "record")
+                if record["step"] == "attempt" and record["provider"] == provider
+                and (at := datetime.fromisoformat(record["at"]).timestamp()) >= since]
 
     def wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> float:
         start = time.monotonic()
@@ -254,10 +230,10 @@ def windows(name: str, times: list[float], limit: float, sent: list[float]) -> b
     """The drain rate and the most calls in one second, at the provider (the simulator's
     record of each call it received); beside them the same at the worker (when each call
     left it), which shows how much the trip between the two bunched calls up."""
-    print(f"  {name}: at the worker, most calls in any 1 s: {max_sliding(sent)} sliding, "
+    print(f"  {name}: at the worker, most calls in any 1 s: {most_in_window(sent)} sliding, "
           f"{max_fixed(sent)} in a calendar second; load average "
           f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", flush=True)
-    sliding, fixed = max_sliding(times), max_fixed(times)
+    sliding, fixed = most_in_window(times), max_fixed(times)
     span = max(times) - min(times) if len(times) > 1 else 0.0
     rate = (len(times) - 1) / span if span else 0.0
     ok = check(f"{name}: drain rate", f"{rate:.2f}/s = {rate / limit:.1%}", ">= 90 % of limit",
@@ -274,30 +250,41 @@ def fairness_target(alone: float, loaded: float, name: str) -> bool:
                  f"<= {bound:.0f} ms (alone {alone:.0f})", loaded <= bound)
 
 
+def take_in(run: Run, backlog: int, timeout: float) -> list[str]:
+    """Submit ``backlog`` TXCloud cancels at once and wait until every one is waiting."""
+    txc = requests("txcloud", backlog, "txc")
+    run.producer.submit_many(txc)
+    took = run.wait(lambda: run.taken_in([r["request_id"] for r in txc]), timeout,
+                    "the backlog waits")
+    print(f"  {backlog} txcloud taken in and parked in {took:.1f} s", flush=True)
+    return [r["request_id"] for r in txc]
+
+
+def drain(run: Run, name: str, ids: list[str], since: float) -> bool:
+    """Wait for the backlog to end; check its pace at the provider, its re-publishes,
+    the worker's CPU meanwhile and that each request ended once."""
+    cpu0, wall0 = run.cpu(), time.monotonic()
+    run.wait(lambda: run.done(ids), len(ids) / RATE * 2 + 120, "the backlog drains")
+    cpu = (run.cpu() - cpu0) / (time.monotonic() - wall0)
+    times = [c["time"] for c in run.calls("txcloud") if c["time"] >= since]
+    (LOGS / f"fairness-{name[0].lower()}-calls.json").write_text(json.dumps(times))
+    ok = windows(f"{name} txcloud", times, RATE, run.sent_at("txcloud", since))
+    ok &= republishes(run, ids, "txcloud")
+    ok &= check(f"{name} worker CPU while draining", f"{cpu:.1%} of a core", "<= 20 %",
+                cpu <= 0.2)
+    return exactly_once(run, ids, "txcloud") and ok
+
+
 def scenario_a(backlog: int) -> bool:
     print(f"A: {backlog} txcloud behind {RATE:g}/s, then 100 idpass at 10/s", flush=True)
     run = Run.open({"IDVCANCEL_RATE_LIMITS": json.dumps({"txcloud": RATE})}, "a")
     try:
         alone = run.latency_p99(run.paced(requests("idpass", 100, "alone"), 10), 60)
-        txc = requests("txcloud", backlog, "txc")
-        ids = [r["request_id"] for r in txc]
         start = time.time()
-        run.producer.submit_many(txc)
-        parked = run.wait(lambda: run.taken_in(ids), 120, "the backlog waits")
-        print(f"  {backlog} txcloud taken in and parked in {parked:.1f} s", flush=True)
+        ids = take_in(run, backlog, 120)
         loaded = run.latency_p99(run.paced(requests("idpass", 100, "busy"), 10), 120)
-        cpu0, wall0 = run.cpu(), time.monotonic()
-        run.wait(lambda: run.done(ids), backlog / RATE * 2 + 60, "the backlog drains")
-        cpu = (run.cpu() - cpu0) / (time.monotonic() - wall0)
-        times = [c["time"] for c in run.calls("txcloud") if c["time"] >= start]
-        (LOGS / "fairness-a-calls.json").write_text(json.dumps(times))
         ok = fairness_target(alone, loaded, "A")
-        ok &= windows("A txcloud", times, RATE, run.sent_at("txcloud", start))
-        ok &= republishes(run, ids, "txcloud")
-        ok &= check("A worker CPU while draining", f"{cpu:.1%} of a core", "<= 20 %",
-                    cpu <= 0.2)
-        ok &= exactly_once(run, ids, "txcloud")
-        return ok
+        return drain(run, "A", ids, start) and ok
     finally:
         run.close()
 
@@ -313,34 +300,21 @@ def scenario_b(backlog: int, outage: float) -> bool:
         alone = run.latency_p99(run.paced(requests("idpass", 100, "alone"), 10), 60)
         run.sim_client.set_faults("txcloud", down=True)
         down_at = time.monotonic()
-        txc = requests("txcloud", backlog, "txc")
-        ids = [r["request_id"] for r in txc]
-        run.producer.submit_many(txc)
-        parked = run.wait(lambda: run.taken_in(ids), 300, "the backlog waits")
-        print(f"  {backlog} txcloud taken in and parked in {parked:.1f} s", flush=True)
+        ids = take_in(run, backlog, 300)
         loaded = run.latency_p99(run.paced(requests("idpass", 100, "busy"), 10), 120)
+        ok = fairness_target(alone, loaded, "B")
         quiet = outage - (time.monotonic() - down_at)
         cpu0, wall0 = run.cpu(), time.monotonic()
         time.sleep(max(0.0, quiet))
         idle = (run.cpu() - cpu0) / (time.monotonic() - wall0) if quiet > 0 else float("nan")
-        probes = sum(1 for c in run.calls("txcloud") if c["status"] >= 500)
+        ok &= check("B worker CPU while waiting (quiet)", f"{idle:.1%} of a core", "~0",
+                    idle <= 0.05)
+        failed = sum(1 for c in run.calls("txcloud") if c["status"] >= 500)
         run.sim_client.set_faults("txcloud")
         up = time.time()
         print(f"  outage over after {time.monotonic() - down_at:.0f} s; 503s answered "
-              f"{probes} (the breaker's threshold, calls in flight, probes)", flush=True)
-        cpu0, wall0 = run.cpu(), time.monotonic()
-        run.wait(lambda: run.done(ids), backlog / RATE * 2 + 120, "the backlog drains")
-        cpu = (run.cpu() - cpu0) / (time.monotonic() - wall0)
-        times = [c["time"] for c in run.calls("txcloud") if c["time"] >= up]
-        ok = fairness_target(alone, loaded, "B")
-        ok &= check("B worker CPU while waiting (quiet)", f"{idle:.1%} of a core", "~0",
-                    idle <= 0.05)
-        ok &= windows("B txcloud after recovery", times, RATE, run.sent_at("txcloud", up))
-        ok &= republishes(run, ids, "txcloud")
-        ok &= check("B worker CPU while draining", f"{cpu:.1%} of a core", "<= 20 %",
-                    cpu <= 0.2)
-        ok &= exactly_once(run, ids, "txcloud")
-        return ok
+              f"{failed} (the breaker's threshold, calls in flight, probes)", flush=True)
+        return drain(run, "B (after recovery)", ids, up) and ok
     finally:
         run.close()
 
