@@ -53,13 +53,12 @@ def _dead_letter_depth() -> int:
 
 
 def _start_releaser() -> None:
-    """Publish parked requests again when they are due (``worker.triggers.release``)."""
-    from worker.delivery.runtime import pipeline
+    """Publish parked requests again when they are due (``worker.triggers.release``).
+    Its own Redis client, not the pipeline's: with ``-P prefork`` this runs in the parent,
+    whose pipeline must stay unbuilt (children build theirs after the fork)."""
     from worker.triggers.release import start_releaser
 
-    guard = pipeline().guard
-    if guard is not None and guard.parking is not None:
-        start_releaser(get_settings(), guard.parking, guard.limiter)
+    start_releaser(get_settings())
 
 
 def on_ready() -> None:

@@ -36,6 +36,7 @@ from worker.gate.parking import ParkingLot
 from worker.gate.ratelimit import RateLimiter
 from worker.logs import get_logger
 from worker.providers import supported_providers
+from worker.redis_client import redis_client
 
 #: Longest sleep between two looks (entries parked by other processes, the breaker).
 MAX_SLEEP_SECONDS = 0.25
@@ -140,10 +141,13 @@ _lock = threading.Lock()
 _releaser: Releaser | None = None
 
 
-def start_releaser(settings: Settings, lot: ParkingLot, limiter: RateLimiter) -> Releaser:
-    """This process's releaser, started once."""
+def start_releaser(settings: Settings) -> Releaser:
+    """This process's releaser, started once, on a Redis client of its own."""
     global _releaser  # noqa: PLW0603 - one releaser per process, started when the worker is ready
     with _lock:
         if _releaser is None:
-            _releaser = Releaser(settings, lot, limiter).start()
+            client = redis_client(settings.redis_url)
+            limiter = RateLimiter(client, settings.rate_limits,
+                                  margin=settings.rate_limit_margin)
+            _releaser = Releaser(settings, ParkingLot(client), limiter).start()
         return _releaser
