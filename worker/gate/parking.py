@@ -101,13 +101,14 @@ class ParkingLot:
 
     # -- releasing (worker.triggers.release) ---------------------------------------
     def claim(self, provider: str, most: int, lease_seconds: float,
-              probe_seconds: float) -> Claim:
-        """Claim the entries due now, under a lease (``confirm`` once published)."""
+              probe_seconds: float, early_seconds: float = 0.0) -> Claim:
+        """Claim the entries due now (timed ones due within ``early_seconds``), under a
+        lease (``confirm`` once published)."""
         flat, state, waiting, next_ms = self._release(
             keys=[*_keys(provider), keys.breaker(provider), keys.held_probe(provider),
                   keys.HELD_STATS],
             args=["claim", str(most), f"{lease_seconds * 1000:.0f}",
-                  f"{probe_seconds * 1000:.0f}"])
+                  f"{probe_seconds * 1000:.0f}", f"{early_seconds * 1000:.0f}"])
         pairs = [(str(flat[i]), str(flat[i + 1])) for i in range(0, len(flat), 2)]
         due = None if int(next_ms) < 0 else int(next_ms) / 1000.0
         return Claim(pairs, str(state), int(waiting), due)

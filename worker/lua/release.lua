@@ -4,7 +4,8 @@ Every worker process runs a releaser; this script hands each due entry to exactl
 of them, under a lease: an entry claimed by a releaser that dies before publishing is
 claimed again when the lease ends (nothing lost; a second copy is a ledger duplicate).
 
-Due: a timed entry whose time has come; a claimed entry whose lease ran out; an entry
+Due: a timed entry whose time comes within ARGV[5] ms (released together, a few at a
+time, rather than each on its own look: it waits the rest in the worker); a claimed entry whose lease ran out; an entry
 waiting on the breaker past its retry deadline (released so the pipeline ends it,
 failed and dead-lettered); and, when the circuit is open past its open time (or a
 probe ran out), one entry picked at random as the probe (one per probe time, however
@@ -19,7 +20,7 @@ KEYS[6] idvcancel:held:<p>:probe     string, PX: a probe was released lately
 KEYS[7] idvcancel:held:stats         hash "released:<p>" -> requests published again
 
 ARGV[1] operation: "claim" | "confirm"
-"claim"   ARGV[2] most entries, ARGV[3] lease ms, ARGV[4] probe ms
+"claim"   ARGV[2] most entries, ARGV[3] lease ms, ARGV[4] probe ms, ARGV[5] early ms
           → {ids and JSON, alternating}, breaker state, entries waiting on the breaker,
             ms until the next timed entry or lease end is due (-1: none)}
 "confirm" ARGV[2] the stats field ("released:<p>"), ARGV[3 ..] request ids published:
@@ -62,11 +63,12 @@ end
 for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now, 'LIMIT', 0, most)) do
   claim(id, KEYS[3])
 end
-for _, key in ipairs({KEYS[1], KEYS[2]}) do
+local early = tonumber(ARGV[5])
+for _, due in ipairs({{KEYS[1], now + early}, {KEYS[2], now}}) do
   local left = most - #out / 2
   if left > 0 then
-    for _, id in ipairs(redis.call('ZRANGEBYSCORE', key, '-inf', now, 'LIMIT', 0, left)) do
-      claim(id, key)
+    for _, id in ipairs(redis.call('ZRANGEBYSCORE', due[1], '-inf', due[2], 'LIMIT', 0, left)) do
+      claim(id, due[1])
     end
   end
 end
@@ -90,7 +92,7 @@ local next_due = -1
 for _, key in ipairs({KEYS[1], KEYS[3]}) do
   local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
   if head[2] then
-    local wait = math.max(0, tonumber(head[2]) - now)
+    local wait = math.max(0, tonumber(head[2]) - now - (key == KEYS[1] and early or 0))
     if next_due < 0 or wait < next_due then
       next_due = wait
     end

@@ -13,9 +13,10 @@ the intake index entry as any push (``worker.triggers.reconcile``). On RabbitMQ,
 signed messages, through the producer (the back of the queue): a request that comes
 back too late for its slot books another (one more publish, never an extra call).
 
-The loop sleeps until the next timed entry is due (at most ``MAX_SLEEP_SECONDS``, for
-entries other processes park and for the breaker), so an idle worker costs a few cheap
-script calls a second.
+The loop looks at each provider when its next timed entry is due (those due within
+``EARLY_SECONDS`` go together) and at least every ``MAX_SLEEP_SECONDS`` (for entries other
+processes park, and the breaker): an idle worker costs 20 cheap script calls a second, a
+20/s drain about 10 looks a second at the provider draining.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ LEASE_SECONDS = 30.0
 PROMOTE_HORIZON_SECONDS = 2.0
 #: Without a rate limit, entries released per look once the circuit has closed.
 UNLIMITED_PER_LOOK = 50
+#: Timed entries due within this long are released in the same look (less than the
+#: inline wait minus the lead: the early ones sleep the rest in the worker).
+EARLY_SECONDS = 0.1
 
 
 class Releaser:
@@ -67,6 +71,9 @@ class Releaser:
         self.providers = tuple(supported_providers())
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: When each provider is next looked at (monotonic): a provider with nothing due
+        #: costs one script call per ``MAX_SLEEP_SECONDS``, not one per look.
+        self._next_look = dict.fromkeys(self.providers, 0.0)
         self.log = get_logger()
 
     # -- the loop ----------------------------------------------------------------------
@@ -95,31 +102,40 @@ class Releaser:
 
     def look(self) -> float:
         """Release what is due at every provider; returns how long to sleep."""
-        pause = MAX_SLEEP_SECONDS
+        now = time.monotonic()
         for provider in self.providers:
-            claim = self.lot.claim(provider, BATCH, LEASE_SECONDS,
-                                   self.settings.breaker_probe_seconds)
-            if claim.entries:
-                self.publish(claim.entries)
-                self.lot.confirm(provider, [rid for rid, _ in claim.entries])
-                if len(claim.entries) >= BATCH:
-                    pause = 0.0
-            if claim.breaker == "closed" and claim.waiting:
-                self._promote(provider, claim.waiting)
-                pause = min(pause, 0.05)
-            if claim.next_due is not None:
-                pause = min(pause, claim.next_due)
-        return max(0.0, pause)
+            if self._next_look[provider] <= now:
+                self._next_look[provider] = now + self._look_at(provider)
+        return max(0.0, min(self._next_look.values()) - time.monotonic())
 
-    def _promote(self, provider: str, waiting: int) -> None:
+    def _look_at(self, provider: str) -> float:
+        """Release what is due at one provider; returns when to look again (seconds)."""
+        claim = self.lot.claim(provider, BATCH, LEASE_SECONDS,
+                               self.settings.breaker_probe_seconds, EARLY_SECONDS)
+        pause = MAX_SLEEP_SECONDS
+        if claim.entries:
+            self.publish(claim.entries)
+            self.lot.confirm(provider, [rid for rid, _ in claim.entries])
+            if len(claim.entries) >= BATCH:
+                pause = 0.0
+        if claim.breaker == "closed" and claim.waiting:
+            # slots up to PROMOTE_HORIZON_SECONDS ahead: topped up every MAX_SLEEP_SECONDS
+            self._promote(provider, claim.waiting)
+        if claim.next_due is not None:
+            pause = min(pause, claim.next_due)
+        return pause
+
+    def _promote(self, provider: str, waiting: int) -> int:
+        """Slots for entries that waited on a circuit now closed; returns how many got one."""
         if self.limiter.interval_ms(provider) is None:
-            self.lot.promote(provider, None, min(waiting, UNLIMITED_PER_LOOK))
-            return
+            return self.lot.promote(provider, None, min(waiting, UNLIMITED_PER_LOOK))
         slots = self.limiter.reserve(provider, waiting, PROMOTE_HORIZON_SECONDS)
-        if slots is not None and slots.count:
-            moved = self.lot.promote(provider, slots, slots.count)
-            self.log.info("released_after_breaker", provider=provider, moved=moved,
-                          waiting=waiting - moved)
+        if slots is None or not slots.count:
+            return 0
+        moved = self.lot.promote(provider, slots, slots.count)
+        self.log.info("released_after_breaker", provider=provider, moved=moved,
+                      waiting=waiting - moved)
+        return moved
 
     # -- publishing --------------------------------------------------------------------
     def publish(self, entries: Sequence[tuple[str, str]]) -> None:
