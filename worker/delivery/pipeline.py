@@ -27,7 +27,12 @@ from worker.delivery.records import AuditStep
 from worker.delivery.retry import RetryPolicy
 from worker.errors import RuleViolation
 from worker.gate.guard import Hold, ProviderGuard
-from worker.gate.parking import RELEASE_LEAD_SECONDS, Parked, ParkingLot
+from worker.gate.parking import (
+    RELEASE_EARLY_SECONDS,
+    RELEASE_LEAD_SECONDS,
+    Parked,
+    ParkingLot,
+)
 from worker.journal import ledger
 from worker.journal.ledger import LedgerState, Phase
 from worker.journal.steps import DeadLetter, Journal, Moved
@@ -311,10 +316,12 @@ class Pipeline:
             def park() -> None:
                 parking.wait_for_breaker(provider, request_id, text, deadline)
         else:
-            delay = min(max(0.0, hold.seconds - RELEASE_LEAD_SECONDS), left)
+            release = min(max(0.0, hold.seconds - RELEASE_LEAD_SECONDS), left)
+            # the ledger's time allows for an early release (its slot still holds it)
+            delay = max(0.0, release - RELEASE_EARLY_SECONDS)
 
             def park() -> None:
-                parking.hold(provider, request_id, text, delay)
+                parking.hold(provider, request_id, text, release)
         return self._wait(message, version, attempts, delay, hold.reason, None, [], log,
                           park=park)
 
@@ -331,9 +338,10 @@ class Pipeline:
         (then a release will bring it, and this copy is acked and dropped). Either way
         it no longer comes back through the queue again and again meanwhile."""
         assert message.request is not None and message.request_id is not None
+        # released at most RELEASE_EARLY_SECONDS early: not before the ledger's time
         parked = parking.defer(message.request.provider, message.request_id,
                                json.dumps(message.request.model_dump(mode="json")),
-                               seconds + random.random() * 0.1)
+                               seconds + RELEASE_EARLY_SECONDS + random.random() * 0.1)
         log.info("deferred", phase=state.phase, wait=round(seconds, 3), parked=parked)
         return Parked()
 

@@ -37,6 +37,10 @@ from worker.gate.ratelimit import HELD_SLOT_KEEP_MS, Slots
 #: A request holding a slot is released this long before it (less than the inline wait:
 #: it sleeps the rest in the worker), so that the trip through the queue is not late.
 RELEASE_LEAD_SECONDS = 0.3
+#: A timed entry may be released this much before its time (the releaser takes those
+#: due soon together): its ledger's ``not_before`` is set that much earlier, so the
+#: delivery released early is not sent to wait again.
+RELEASE_EARLY_SECONDS = 0.1
 
 
 @dataclass(frozen=True)

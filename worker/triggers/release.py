@@ -14,7 +14,7 @@ signed messages, through the producer (the back of the queue): a request that co
 back too late for its slot books another (one more publish, never an extra call).
 
 The loop looks at each provider when its next timed entry is due (those due within
-``EARLY_SECONDS`` go together) and at least every ``MAX_SLEEP_SECONDS`` (for entries other
+``RELEASE_EARLY_SECONDS`` go together) and at least every ``MAX_SLEEP_SECONDS`` (for entries other
 processes park, and the breaker): an idle worker costs 20 cheap script calls a second, a
 20/s drain about 10 looks a second at the provider draining.
 """
@@ -33,7 +33,7 @@ from worker import keys
 from worker.broker import wire
 from worker.broker.producer import Producer
 from worker.contract import QUEUE
-from worker.gate.parking import ParkingLot
+from worker.gate.parking import RELEASE_EARLY_SECONDS, ParkingLot
 from worker.gate.ratelimit import RateLimiter
 from worker.logs import get_logger
 from worker.providers import supported_providers
@@ -50,9 +50,6 @@ LEASE_SECONDS = 30.0
 PROMOTE_HORIZON_SECONDS = 2.0
 #: Without a rate limit, entries released per look once the circuit has closed.
 UNLIMITED_PER_LOOK = 50
-#: Timed entries due within this long are released in the same look (less than the
-#: inline wait minus the lead: the early ones sleep the rest in the worker).
-EARLY_SECONDS = 0.1
 
 
 class Releaser:
@@ -111,7 +108,7 @@ class Releaser:
     def _look_at(self, provider: str) -> float:
         """Release what is due at one provider; returns when to look again (seconds)."""
         claim = self.lot.claim(provider, BATCH, LEASE_SECONDS,
-                               self.settings.breaker_probe_seconds, EARLY_SECONDS)
+                               self.settings.breaker_probe_seconds, RELEASE_EARLY_SECONDS)
         pause = MAX_SLEEP_SECONDS
         if claim.entries:
             self.publish(claim.entries)
