@@ -354,7 +354,8 @@ def main() -> None:
                         help="comma list: throughput (1, floor, 2),submit,sweep,retention,"
                              "latency,transport,scaling,"
                              "cpu (7: CPU ms per request, no-op/floor/naive/pipeline),"
-                             "default (8: the plain commands)")
+                             "default (8: the plain commands),"
+                             "fairness (bench/fairness.py: only when named)")
     args = parser.parse_args()
     n = 2000 if args.quick else 10000
     only = set(filter(None, args.only.split(",")))
@@ -398,6 +399,10 @@ def main() -> None:
     for name, run_part in PARTS.items():
         if want(name):
             run_part(n, args)
+    if "fairness" in only:  # minutes of waiting on a limit and an outage: never by default
+        from bench.fairness import main as fairness
+
+        fairness(["--quick"] if args.quick else [])
 
 if __name__ == "__main__":
     main()

@@ -109,6 +109,10 @@ class Settings(BaseSettings):
     rate_limits: RatesPerProvider = Field(
         default_factory=lambda: {"txcloud": 1.0, "jumio": 15.0}
     )
+    # Seconds added to the rate limit's window (worker.gate.ratelimit): how late a call may
+    # reach the provider after the limiter let it go (waking up, the HTTP send) without
+    # rate + 1 calls in any second there. Calls then go at rate / (1 + margin) at most.
+    rate_limit_margin: float = Field(0.08, ge=0, le=0.5)
     # Port for /metrics and /healthz of a worker (0 = off): served by its first process,
     # counting the work of all its processes (prometheus_client's multiprocess mode).
     metrics_port: int = Field(0, ge=0, le=65535)

@@ -20,6 +20,14 @@
 | ``idvcancel:intake:requests`` | hash request id → request JSON | what a resubmission sends |
 | ``idvcancel:breaker:<p>`` | hash (state, failures, open_until, probe_until) | circuit breaker |
 | ``idvcancel:ratelimit:<p>`` | string (theoretical arrival time, ms) | rate limiter (GCRA) |
+| ``idvcancel:ratelimit:<p>:sent`` | sorted set, score = ms | calls sent in the last window |
+| ``idvcancel:ratelimit:<p>:slot:<id>`` | string (ms), expires | a slot held for a parked request |
+| ``idvcancel:held:<p>`` | sorted set, score = release time (ms) | parked requests, timed |
+| ``idvcancel:held:<p>:breaker`` | sorted set, score = deadline (ms) | until the circuit closes |
+| ``idvcancel:held:<p>:claimed`` | sorted set, score = lease end (ms) | being released |
+| ``idvcancel:held:<p>:probe`` | string, expires | a probe was released lately |
+| ``idvcancel:held:requests`` | hash request id → request JSON | what a release publishes |
+| ``idvcancel:held:stats`` | hash ``released:<p>`` → count | requests released (published again) |
 | ``idvcancel:internal:<task_id>`` | counter, expires in a day | deliveries that hit a bug of ours |
 | ``idvcancel:confirm:due`` | sorted set, score = due (s) | confirmation reads to make |
 | ``idvcancel:confirm:requests`` | hash request id → JSON | what each one reads |
@@ -38,6 +46,9 @@ The ``intake`` keys are the intake index (``worker.triggers.reconcile``): writte
 (``lua/transition.lua``), and the reconciler resubmits what has waited too long
 (``lua/reconcile.lua``). Its score is when the request was last pushed (or last looked
 at by the reconciler).
+The ``held`` keys and the held slots belong to ``worker.gate.parking`` (``lua/park.lua``,
+``lua/release.lua``; the slots: ``lua/ratelimit.lua``); an entry leaves when it is
+released, and a parked request is left alone by the reconciler (``lua/reconcile.lua``).
 The ``confirm`` keys belong to ``worker.delivery.confirm`` (written just before the step that ends
 a request ``cancelled`` or ``deleted``; claimed by ``lua/confirm_claim.lua``, removed once
 the confirmation is recorded), the ``attention`` keys to ``worker.journal.attention``.
@@ -132,6 +143,46 @@ def breaker(provider: str) -> str:
 def ratelimit(provider: str) -> str:
     """One provider's rate limiter (string: the GCRA's theoretical arrival time)."""
     return f"idvcancel:ratelimit:{provider}"
+
+
+def ratelimit_slot(provider: str, request_id: str) -> str:
+    """A slot the rate limiter holds for one parked request (string: its time, ms)."""
+    return f"{ratelimit_slot_prefix(provider)}{request_id}"
+
+
+def ratelimit_sent(provider: str) -> str:
+    """The calls one provider was sent lately (zset, score = ms): the rate limit's gate."""
+    return f"idvcancel:ratelimit:{provider}:sent"
+
+
+def ratelimit_slot_prefix(provider: str) -> str:
+    """Prefix of one provider's held slots; ``lua/park.lua`` appends a request id."""
+    return f"idvcancel:ratelimit:{provider}:slot:"
+
+
+#: Parked requests' JSON and the releasers' counts (``worker.gate.parking``).
+HELD_REQUESTS = "idvcancel:held:requests"
+HELD_STATS = "idvcancel:held:stats"
+
+
+def held(provider: str) -> str:
+    """Parked requests of one provider, released at a time (zset, score = ms)."""
+    return f"idvcancel:held:{provider}"
+
+
+def held_breaker(provider: str) -> str:
+    """Parked requests waiting for one provider's circuit to close (score = deadline ms)."""
+    return f"idvcancel:held:{provider}:breaker"
+
+
+def held_claimed(provider: str) -> str:
+    """Parked requests a releaser is publishing (score = end of its lease, ms)."""
+    return f"idvcancel:held:{provider}:claimed"
+
+
+def held_probe(provider: str) -> str:
+    """Set (with an expiry) when a releaser let a probe go to an open circuit."""
+    return f"idvcancel:held:{provider}:probe"
 
 
 def internal_failures(task_id: str) -> str:

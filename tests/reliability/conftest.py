@@ -347,7 +347,10 @@ def rel(request: pytest.FixtureRequest, tmp_path: Path,
     try:
         yield stack
     finally:
-        failed = any(getattr(request.node, f"rep_{when}", None) is not None
-                     and getattr(request.node, f"rep_{when}").failed
-                     for when in ("setup", "call"))
-        close_stack(stack, show_logs=failed)
+        close_stack(stack, show_logs=run_failed(request))
+
+
+def run_failed(request: pytest.FixtureRequest) -> bool:
+    """Whether the test using this fixture failed (its setup or its body)."""
+    return any(getattr(request.node, f"rep_{when}", None) is not None
+               and getattr(request.node, f"rep_{when}").failed for when in ("setup", "call"))

@@ -231,6 +231,22 @@ def test_a_request_in_flight_is_pushed_again_only_when_nothing_works_on_it(
     assert fake_redis.zscore(keys.INTAKE, "r-1") == now
 
 
+def test_a_parked_request_is_left_to_its_releaser_however_long_it_waits(
+        fake_redis: fakeredis.FakeRedis, producer: Producer, journal: Journal) -> None:
+    # Given a request parked on an open breaker (worker.gate.parking) for long past the
+    # age: its message was acked on purpose, its ledger waits with a long-past time
+    now = T0 + 2 * AGE
+    producer.submit(request(1))
+    lose(fake_redis)
+    fake_redis.hset(keys.request_ledger("r-1"), mapping={
+        "v": "3", "phase": "waiting", "not_before": f"{now - AGE - 5:.3f}"})
+    fake_redis.hset(keys.HELD_REQUESTS, "r-1", json.dumps(request(1)))
+    # When the reconciler runs / Then it leaves it (the releaser publishes it when due)
+    report = reconcile(fake_redis, producer, journal, now)
+    assert report.resubmitted == [] and report.left == 1
+    assert fake_redis.llen("idvcancel") == 0
+
+
 def test_a_resubmitted_request_in_flight_is_recovered_not_called_twice(
         fake_redis: fakeredis.FakeRedis, producer: Producer, journal: Journal,
         pipeline_for: Callable[..., Pipeline], clock: Clock) -> None:

@@ -204,7 +204,8 @@ class Confirmer:
         if outcome not in OUTCOMES:
             self._forget(request_id)
             return "dropped"
-        if self.guard is not None and (hold := self.guard.admit(request.provider)):
+        if self.guard is not None and (hold := self.guard.admit(request.provider,
+                                                                 "confirm:" + request_id)):
             self._later(request_id, entry, hold.seconds)
             return "deferred"
         checks = int(entry.get("checks") or 0) + 1

@@ -2,12 +2,15 @@
 
 ``Pipeline.handle`` reads the ledger (``worker.journal.ledger``), decides what this delivery
 may do, calls the provider at most once, and writes each step through the journal.
-It returns ``Finished`` or ``RetryLater``; the Celery task turns the latter into a
-countdown. Jobs may run more than once: this is where that stops mattering.
+It returns ``Finished``, ``RetryLater`` (the Celery task turns it into a countdown) or
+``Parked`` (held back by the rate limit or the breaker, or busy elsewhere: the request
+waits in Redis, ``worker.gate.parking``, and the message is acked). Jobs may run more
+than once: this is where that stops mattering.
 """
 
 from __future__ import annotations
 
+import json
 import random
 import time
 import uuid
@@ -24,6 +27,12 @@ from worker.delivery.records import AuditStep
 from worker.delivery.retry import RetryPolicy
 from worker.errors import RuleViolation
 from worker.gate.guard import Hold, ProviderGuard
+from worker.gate.parking import (
+    RELEASE_EARLY_SECONDS,
+    RELEASE_LEAD_SECONDS,
+    Parked,
+    ParkingLot,
+)
 from worker.journal import ledger
 from worker.journal.ledger import LedgerState, Phase
 from worker.journal.steps import DeadLetter, Journal, Moved
@@ -70,7 +79,7 @@ class RetryLater:
     countdown: float
 
 
-Step = Finished | RetryLater
+Step = Finished | RetryLater | Parked
 
 
 class Pipeline:
@@ -160,6 +169,8 @@ class Pipeline:
         now = self.clock()
         busy_until = state.lease_until if state.phase == Phase.CALLING else state.not_before
         if busy_until > now:
+            if (parking := self._parking(message)) is not None:
+                return self._defer(parking, message, busy_until - now, state, log)
             countdown = min(busy_until - now, self.settings.retry_cap_seconds) + random.random()
             log.info("deferred", phase=state.phase, countdown=round(countdown, 3))
             return RetryLater(countdown)
@@ -236,7 +247,8 @@ class Pipeline:
         request = message.request
         assert request is not None
         adapter = self.adapters(request.provider, self.settings)
-        if self.guard is not None and (hold := self.guard.admit(request.provider)):
+        if self.guard is not None and (hold := self.guard.admit(request.provider,
+                                                                 request.request_id)):
             return self._held(message, version, attempts, hold, created, log)
         attempt = attempts + 1
         started = time.monotonic()
@@ -287,18 +299,58 @@ class Pipeline:
     def _held(self, message: Message, version: int, attempts: int, hold: Hold, created: float,
               log: Any) -> Step | Moved:
         """The breaker or the rate limit held the call back: wait, spending no attempt,
-        unless the retry deadline has passed."""
-        if self.clock() - created > self.settings.retry_deadline_seconds:
+        unless the retry deadline has passed. A rate-limit hold comes with a slot held
+        for this request (``worker.gate.ratelimit``): no jitter needed, each waits for
+        its own."""
+        left = created + self.settings.retry_deadline_seconds - self.clock()
+        if left < 0:
             failed = GaveUp(f"gave up: {hold.reason} past the retry deadline",
                             code=hold.reason)
             return self._final(message, version, attempts, failed, [], log)
         self._count_if_near_deadline(message, created)
-        delay = hold.seconds
-        if hold.reason == "rate_limited":
-            # The limiter answers "the next slot", the same for every waiting request:
-            # spread them out, or a backlog comes back in step and only one gets through.
-            delay += random.uniform(0, self.settings.retry_cap_seconds)
-        return self._wait(message, version, attempts, delay, hold.reason, None, [], log)
+        parking = self._parking(message)
+        if parking is None:
+            return self._wait(message, version, attempts, hold.seconds, hold.reason, None,
+                              [], log)
+        assert message.request is not None and message.request_id is not None
+        provider, request_id = message.request.provider, message.request_id
+        text = json.dumps(message.request.model_dump(mode="json"))
+        # Released by the deadline at the latest: the pipeline then ends it.
+        if hold.reason == "circuit_open":
+            delay = min(hold.seconds, left)
+            deadline = created + self.settings.retry_deadline_seconds
+
+            def park() -> None:
+                parking.wait_for_breaker(provider, request_id, text, deadline)
+        else:
+            release = min(max(0.0, hold.seconds - RELEASE_LEAD_SECONDS), left)
+            # the ledger's time allows for an early release (its slot still holds it)
+            delay = max(0.0, release - RELEASE_EARLY_SECONDS)
+
+            def park() -> None:
+                parking.hold(provider, request_id, text, release)
+        return self._wait(message, version, attempts, delay, hold.reason, None, [], log,
+                          park=park)
+
+    def _parking(self, message: Message) -> ParkingLot | None:
+        """Where this request can be parked (None: it goes back through the queue)."""
+        if self.guard is None or message.request is None or message.request_id is None:
+            return None
+        return self.guard.parking
+
+    def _defer(self, parking: ParkingLot, message: Message, seconds: float,
+               state: LedgerState, log: Any) -> Step:
+        """A copy of a request another delivery holds (its lease) or that waits (its
+        retry or its slot): parked until then, unless the request is parked already
+        (then a release will bring it, and this copy is acked and dropped). Either way
+        it no longer comes back through the queue again and again meanwhile."""
+        assert message.request is not None and message.request_id is not None
+        # released at most RELEASE_EARLY_SECONDS early: not before the ledger's time
+        parked = parking.defer(message.request.provider, message.request_id,
+                               json.dumps(message.request.model_dump(mode="json")),
+                               seconds + RELEASE_EARLY_SECONDS + random.random() * 0.1)
+        log.info("deferred", phase=state.phase, wait=round(seconds, 3), parked=parked)
+        return Parked()
 
     def _count_if_near_deadline(self, message: Message, created: float) -> None:
         """A retry late in the request's deadline: an alert warns before it ends failed."""
@@ -308,10 +360,19 @@ class Pipeline:
 
     def _wait(self, message: Message, version: int, attempts: int, delay: float, reason: str,
               http_status: int | None, drafts: list[dict[str, Any]], log: Any,
-              *, recover: bool = False) -> Step | Moved:
+              *, recover: bool = False, park: Callable[[], None] | None = None
+              ) -> Step | Moved:
+        """Record the wait (ledger ``waiting``, audit ``retry_scheduled``); then ``park``
+        the request (its message is acked) or send it back with a countdown.
+
+        A retry after a failure while the provider's circuit is open (this failure opened
+        it, or it was a failed probe) waits parked on the breaker rather than with a
+        countdown: it would only come back to be held there (one publish saved)."""
+        if park is None and (parking := self._parking(message)) is not None:
+            park = self._park_on_open_circuit(parking, message)
         RETRIES.labels(message.field("provider") or "unknown", reason).inc()
         log.info("retry_scheduled", attempt=attempts, delay=round(delay, 3), error=reason,
-                 http_status=http_status)
+                 http_status=http_status, parked=park is not None)
         moved = self.journal.apply(message.ledger_key, version, ledger=LedgerState.waiting(
             attempts, self.clock() + delay, http_status, recover=recover,
         ), records=[*drafts, records.draft(
@@ -319,7 +380,26 @@ class Pipeline:
             error=reason)], ledger_ttl=0)  # in flight: only finished ledgers expire
         if moved is not None:
             return self._settle_after_race(message, moved, log)
+        if park is not None:
+            park()
+            return Parked()
         return RetryLater(min(delay, self.settings.retry_cap_seconds))
+
+    def _park_on_open_circuit(self, parking: ParkingLot, message: Message
+                              ) -> Callable[[], None] | None:
+        assert self.guard is not None and message.request is not None
+        provider, request_id = message.request.provider, message.request_id
+        if request_id is None or self.guard.breaker.state(provider) == "closed":
+            return None
+        text = json.dumps(message.request.model_dump(mode="json"))
+
+        def park() -> None:
+            # the retry deadline counts from the first claim, kept in the ledger
+            created = float(self.journal.client.hget(message.ledger_key, "created") or 0)
+            parking.wait_for_breaker(provider, request_id, text,
+                                     (created or self.clock())
+                                     + self.settings.retry_deadline_seconds)
+        return park
 
     def _attempt_record(self, message: Message, attempt: int,
                         answer: ProviderAnswer | ProviderError, started: float) -> dict[str, Any]:

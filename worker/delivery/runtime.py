@@ -25,7 +25,8 @@ def pipeline() -> Pipeline:
             guard = build_guard(
                 client, threshold=settings.breaker_failure_threshold,
                 open_seconds=settings.breaker_open_seconds,
-                probe_seconds=settings.breaker_probe_seconds, rates=settings.rate_limits)
+                probe_seconds=settings.breaker_probe_seconds, rates=settings.rate_limits,
+                margin=settings.rate_limit_margin, park=True)
             journal = Journal(client, ledger_ttl=settings.ledger_ttl_seconds,
                               results_maxlen=settings.results_maxlen)
             _pipeline = Pipeline(settings, journal, guard=guard)

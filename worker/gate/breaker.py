@@ -39,6 +39,7 @@ class CircuitBreaker:
 
     def __init__(self, client: redis.Redis, *, threshold: int, open_seconds: float,
                  probe_seconds: float) -> None:
+        self._client = client
         self._script = scripts.script(client, "breaker")
         self._args = [str(threshold), str(int(open_seconds * 1000)),
                       str(int(probe_seconds * 1000))]
@@ -48,6 +49,10 @@ class CircuitBreaker:
         if int(reply[0]) == 1:
             return Verdict(True, str(reply[1]))
         return Verdict(False, str(reply[1]), int(reply[2]) / 1000)
+
+    def state(self, provider: str) -> str:
+        """The circuit's state as stored, without asking to go (no probe is taken)."""
+        return str(self._client.hget(key(provider), "state") or "closed")
 
     def success(self, provider: str) -> None:
         self._script(keys=[key(provider)], args=["success", *self._args])

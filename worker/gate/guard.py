@@ -1,8 +1,10 @@
 """The gate in front of every provider call: the circuit breaker, then the rate limit.
 
 ``admit`` answers "go" or "hold back for N seconds, because ...". Short rate-limit waits
-are slept through in the worker thread; longer ones, and an open circuit, send the
-request back to wait without spending an attempt.
+are slept through in the worker thread (the slot is booked first); a longer one holds a
+slot for the request, and it, like an open circuit, sends the request to wait without
+spending an attempt: parked in Redis (``worker.gate.parking``) when the guard has a
+parking lot, else back through the queue with a countdown.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ from dataclasses import dataclass
 import redis
 
 from worker.gate.breaker import CircuitBreaker
+from worker.gate.parking import ParkingLot
 from worker.gate.ratelimit import RateLimiter
 from worker.metrics import BREAKER_STATE, RATE_LIMITED
 from worker.providers.errors import ProviderError, RateLimited, TransientError
 
-#: A rate-limit wait up to this long is slept through rather than re-queued.
+#: A rate-limit wait up to this long is slept through rather than parked.
 MAX_INLINE_WAIT = 0.5
 #: How long a "closed" answer from the breaker is trusted without asking Redis again.
 CLOSED_CACHE_SECONDS = 0.5
@@ -30,17 +33,22 @@ RECENT_FAILURE_SECONDS = 120.0
 class Hold:
     seconds: float
     reason: str  # "circuit_open" | "rate_limited"
+    #: A rate-limit slot ``seconds`` ahead is held for the request: it comes back for it.
+    reserved: bool = False
 
 
 class ProviderGuard:
-    def __init__(self, breaker: CircuitBreaker, limiter: RateLimiter) -> None:
+    def __init__(self, breaker: CircuitBreaker, limiter: RateLimiter,
+                 parking: ParkingLot | None = None) -> None:
         self.breaker = breaker
         self.limiter = limiter
+        #: Where held requests wait (None: back through the queue, with a countdown).
+        self.parking = parking
         self._lock = threading.Lock()
         self._closed_until: dict[str, float] = {}
         self._failed_at: dict[str, float] = {}
 
-    def admit(self, provider: str) -> Hold | None:
+    def admit(self, provider: str, request_id: str) -> Hold | None:
         """None when the call may go now; a ``Hold`` otherwise."""
         now = time.monotonic()
         with self._lock:
@@ -54,11 +62,14 @@ class ProviderGuard:
             if verdict.state == "closed":
                 with self._lock:
                     self._closed_until[provider] = now + CLOSED_CACHE_SECONDS
-        while (wait := self.limiter.acquire(provider)) > 0:
+        ticket = self.limiter.take(provider, request_id)
+        if ticket.held:
             RATE_LIMITED.labels(provider, "local").inc()
-            if wait > MAX_INLINE_WAIT:
-                return Hold(wait, "rate_limited")
-            time.sleep(wait)
+            return Hold(ticket.wait, "rate_limited", reserved=True)
+        if ticket.wait > 0:
+            time.sleep(ticket.wait)  # the slot is booked: go at it
+        while (wait := self.limiter.send(provider, request_id)) > 0:
+            time.sleep(wait)  # calls that went late filled the window: a few ms
         return None
 
     def record(self, provider: str, error: ProviderError | None) -> None:
@@ -85,9 +96,12 @@ class ProviderGuard:
 
 
 def build_guard(client: redis.Redis, *, threshold: int, open_seconds: float,
-                probe_seconds: float, rates: dict[str, float]) -> ProviderGuard:
+                probe_seconds: float, rates: dict[str, float], margin: float = 0.08,
+                park: bool = False) -> ProviderGuard:
+    """The guard of one worker process; ``park``: held requests wait in Redis."""
     return ProviderGuard(
         CircuitBreaker(client, threshold=threshold, open_seconds=open_seconds,
                        probe_seconds=probe_seconds),
-        RateLimiter(client, rates),
+        RateLimiter(client, rates, margin=margin, inline_seconds=MAX_INLINE_WAIT),
+        ParkingLot(client) if park else None,
     )

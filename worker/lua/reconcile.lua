@@ -15,6 +15,8 @@ For each entry scored before the cut, oldest first, up to the limit:
   calling, lease ended before the cut   -> claim: its worker died and no delivery
   waiting, retry due before the cut        took over (the redelivery or the retry
                                            message is gone too)
+  waiting, parked (KEYS[3])             -> leave it: a releaser publishes it when due
+                                           (worker.gate.parking), however long it waits
   otherwise (a delivery is at work)     -> leave it, look again after another age
 Claimed and left entries get the score ARGV[2] (now): an entry is claimed at most once
 per age however many reconcilers run at once (several beat instances, overlapping runs),
@@ -25,6 +27,7 @@ Cost: ZRANGEBYSCORE … LIMIT 0 k is O(log n + k), one HMGET and one HGET per en
 Keys (worker/keys.py):
 KEYS[1]  intake index     idvcancel:intake           (zset request id, score = pushed, s)
 KEYS[2]  intake requests  idvcancel:intake:requests  (hash request id -> request JSON)
+KEYS[3]  parked requests  idvcancel:held:requests    (hash request id -> request JSON)
 Ledger hashes are ARGV[4] .. <request id> (idvcancel:req:<id>), computed here: fine on
 one Redis, not on Redis Cluster.
 
@@ -54,7 +57,8 @@ for i = 1, #due, 2 do
   else
     local stuck = phase == ''
         or (phase == 'calling' and tonumber(ledger[2] or '0') < cut)
-        or (phase == 'waiting' and tonumber(ledger[3] or '0') < cut)
+        or (phase == 'waiting' and tonumber(ledger[3] or '0') < cut
+            and redis.call('HEXISTS', KEYS[3], id) == 0)
     redis.call('ZADD', KEYS[1], 'XX', ARGV[2], id)
     if stuck then
       claimed[#claimed + 1] = {id, request, phase, tonumber(ledger[4] or '0'), score}

@@ -188,7 +188,8 @@ def results(follow: bool, new_only: bool, request_id: str | None, provider: str 
 @click.argument("request_id")
 def status(request_id: str) -> None:
     """Show one request: its ledger (phase, attempts, outcome, replays), whether it is in
-    the intake index (pushed, not yet done), result event(s), dead letter and audit trail.
+    the intake index (pushed, not yet done) or parked (held back by the rate limit or the
+    breaker: where, until when), result event(s), dead letter and audit trail.
     Exit 1 when nothing is known about it.
 
     Reads the audit and result streams from the start: fine for a person, not a script

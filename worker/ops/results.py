@@ -23,6 +23,7 @@ import redis
 
 from worker import keys
 from worker.contract import RESULTS_FIELD
+from worker.gate.parking import ParkingLot
 from worker.journal.ledger import LedgerState
 from worker.journal.verify import iter_records
 from worker.ops import deadletters
@@ -137,11 +138,13 @@ def status(client: redis.Redis, request_id: str) -> dict[str, Any]:
     # In the intake index: pushed and not yet done (when it was last pushed or looked at).
     pushed = client.zscore(keys.INTAKE, request_id)
     intake = None if pushed is None else {"pushed_at": float(pushed)}
+    parked = ParkingLot(client).where(request_id)  # held back in Redis: where, until when
     return {
         "request_id": request_id,
         "found": bool(ledger or audit or results or dead_letter or intake),
         "ledger": ledger,
         "intake": intake,
+        "parked": parked,
         "results": results,
         "dead_letter": dead_letter,
         "audit": audit,

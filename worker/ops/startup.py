@@ -53,11 +53,21 @@ def _dead_letter_depth() -> int:
     return int(_probe_client().hlen(keys.DLQ))
 
 
+def _start_releaser() -> None:
+    """Publish parked requests again when they are due (``worker.triggers.release``).
+    Its own Redis client, not the pipeline's: with ``-P prefork`` this runs in the parent,
+    whose pipeline must stay unbuilt (children build theirs after the fork)."""
+    from worker.triggers.release import start_releaser
+
+    start_releaser(get_settings())
+
+
 def on_ready() -> None:
     """Once the worker is ready (``worker.app`` calls it on Celery's ``worker_ready``):
-    say what is misconfigured, and serve ``/metrics`` and ``/healthz`` when asked (in the
-    worker's first process only)."""
+    say what is misconfigured, start the releaser of parked requests, and serve
+    ``/metrics`` and ``/healthz`` when asked (in the worker's first process only)."""
     log = get_logger()
+    _start_releaser()
     for warning in configuration_warnings():
         log.warning("configuration", problem=warning)
     port = get_settings().metrics_port

@@ -139,7 +139,7 @@ def _claim(client: redis.Redis, cut: float, now: float, limit: int
            ) -> tuple[list[_Claim], int, int]:
     """Claim up to ``limit`` due entries (``lua/reconcile.lua``): (claims, forgotten, left)."""
     script = scripts.script(client, "reconcile")
-    reply = json.loads(str(script(keys=[keys.INTAKE, keys.INTAKE_REQUESTS],
+    reply = json.loads(str(script(keys=[keys.INTAKE, keys.INTAKE_REQUESTS, keys.HELD_REQUESTS],
                                   args=[f"{cut:.3f}", f"{now:.3f}", str(limit),
                                         keys.REQUEST_LEDGER_PREFIX])))
     claimed = reply.get("claimed") or []  # an empty Lua table encodes as {}

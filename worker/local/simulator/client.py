@@ -10,6 +10,23 @@ from urllib.parse import quote
 import httpx
 
 
+def most_in_window(times: Iterable[float], window: float = 1.0) -> int:
+    """The most recorded calls within any ``window`` seconds (a window may start at any
+    moment, not only on a whole second): what a per-second rate limit is held to.
+
+    Examples:
+        >>> most_in_window([0.0, 0.5, 0.99, 1.0, 1.2])   # 0.5 .. 1.2
+        4
+    """
+    ordered = sorted(times)
+    best, low = 0, 0
+    for high, t in enumerate(ordered):
+        while t - ordered[low] >= window:
+            low += 1
+        best = max(best, high - low + 1)
+    return best
+
+
 class SimulatorError(RuntimeError):
     """The admin API refused a request (bad seed, unknown provider, invalid faults...)."""
 
