@@ -45,6 +45,9 @@ def checkpoint(self: Task) -> dict[str, Any]:  # type: ignore[type-arg]
     log = get_logger(task_id=str(self.request.id))
     settings = get_settings()
     if not settings.audit_signing_key:
+        # A misrouted tick (IDVCANCEL_AUDIT_CHECKPOINT_QUEUE is consumed by a process
+        # without the key): say so, or checkpoints stop with nothing in the logs.
+        log.warning("checkpoint_no_signing_key")
         return _error("no_signing_key", "IDVCANCEL_AUDIT_SIGNING_KEY is not set here: this "
                       "process signs nothing")
     try:

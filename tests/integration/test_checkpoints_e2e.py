@@ -160,5 +160,6 @@ def test_beat_has_only_the_signer_sign_checkpoints(stack: Stack, key_file: Path,
     assert run.returncode == 0, run.stderr
     assert "checkpoint_written" in (tmp_path / "signer.log").read_text()
     # and the worker without the key was never handed the task
-    assert "idvcancel.checkpoint[" in (tmp_path / "signer.log").read_text()
-    assert all("idvcancel.checkpoint[" not in w.log_path.read_text() for w in stack.workers)
+    # (a key-less process handed the task would have said checkpoint_no_signing_key)
+    assert all("checkpoint_no_signing_key" not in w.log_path.read_text()
+               and "checkpoint_written" not in w.log_path.read_text() for w in stack.workers)

@@ -15,7 +15,7 @@ import pytest
 
 from config.settings import Settings
 from worker import keys
-from worker.delivery.pipeline import Finished, Pipeline
+from worker.delivery.pipeline import Finished, Pipeline, RetryLater
 from worker.gate.breaker import CircuitBreaker
 from worker.gate.guard import ProviderGuard
 from worker.gate.parking import RELEASE_LEAD_SECONDS, Parked, ParkingLot
@@ -232,7 +232,9 @@ def test_a_held_request_is_parked_once_and_a_copy_of_it_adds_nothing(
     """Given ID Pass limited to 1 call a second and r-1 just called
     When r-2 arrives, then a copy of r-2
     Then r-2 is parked (ledger waiting, a retry_scheduled record, its entry with the
-    slot held for it) and its message acked; the copy is acked too and parks nothing."""
+    slot held for it) and its message acked; the copy parks nothing (one entry per
+    request) and goes back through the queue, to be answered on the record (a
+    ``duplicate`` step) once r-2 is done: never dropped."""
     pipeline = _pipeline(fake_redis)
     assert pipeline.handle([_request(1)], {}, "t-1") == Finished("cancelled")
     assert pipeline.handle([_request(2)], {}, "t-2") == Parked()
@@ -242,6 +244,7 @@ def test_a_held_request_is_parked_once_and_a_copy_of_it_adds_nothing(
     entries = cast("list[tuple[str, dict[str, str]]]", fake_redis.xrange("idvcancel:audit"))
     records = [json.loads(fields["record"]) for _, fields in entries]
     assert [r["error"] for r in records if r["step"] == "retry_scheduled"] == ["rate_limited"]
-    assert pipeline.handle([_request(2)], {}, "t-3") == Parked()
+    copy = pipeline.handle([_request(2)], {}, "t-3")
+    assert isinstance(copy, RetryLater)
     assert fake_redis.zcard(keys.held("idpass")) == 1
     assert fake_redis.xlen("idvcancel:results") == 1  # r-1's only

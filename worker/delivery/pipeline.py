@@ -169,9 +169,11 @@ class Pipeline:
         now = self.clock()
         busy_until = state.lease_until if state.phase == Phase.CALLING else state.not_before
         if busy_until > now:
-            if (parking := self._parking(message)) is not None:
-                return self._defer(parking, message, busy_until - now, state, log)
-            countdown = min(busy_until - now, self.settings.retry_cap_seconds) + random.random()
+            wait = min(busy_until - now, self.settings.retry_cap_seconds)
+            if (parking := self._parking(message)) is not None and (
+                    parked := self._defer(parking, message, wait, state, log)) is not None:
+                return parked
+            countdown = wait + random.random()
             log.info("deferred", phase=state.phase, countdown=round(countdown, 3))
             return RetryLater(countdown)
         assert message.request is not None  # same fingerprint as a valid claim
@@ -339,17 +341,21 @@ class Pipeline:
         return self.guard.parking
 
     def _defer(self, parking: ParkingLot, message: Message, seconds: float,
-               state: LedgerState, log: Any) -> Step:
+               state: LedgerState, log: Any) -> Step | None:
         """A copy of a request another delivery holds (its lease) or that waits (its
-        retry or its slot): parked until then, unless the request is parked already
-        (then a release will bring it, and this copy is acked and dropped). Either way
-        it no longer comes back through the queue again and again meanwhile."""
+        retry or its slot): parked until then (at most the retry cap), so that it does
+        not come back through the queue again and again meanwhile. None when the request
+        is parked already (one entry per request): then this copy goes back through the
+        queue as before, so that every copy is still answered on the record (a
+        ``duplicate`` step once the request is done), never dropped."""
         assert message.request is not None and message.request_id is not None
         # released at most RELEASE_EARLY_SECONDS early: not before the ledger's time
         parked = parking.defer(message.request.provider, message.request_id,
                                json.dumps(message.request.model_dump(mode="json")),
                                seconds + RELEASE_EARLY_SECONDS + random.random() * 0.1)
-        log.info("deferred", phase=state.phase, wait=round(seconds, 3), parked=parked)
+        if not parked:
+            return None
+        log.info("deferred", phase=state.phase, wait=round(seconds, 3), parked=True)
         return Parked()
 
     def _count_if_near_deadline(self, message: Message, created: float) -> None:
