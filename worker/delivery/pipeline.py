@@ -82,6 +82,12 @@ class RetryLater:
 Step = Finished | RetryLater | Parked
 
 
+def _request_json(message: Message) -> str:
+    """The request as a parked entry keeps it (published again when released)."""
+    assert message.request is not None
+    return json.dumps(message.request.model_dump(mode="json"))
+
+
 class Pipeline:
     """Carries requests out; one instance per worker process, shared by its threads."""
 
@@ -316,7 +322,7 @@ class Pipeline:
                               [], log)
         assert message.request is not None and message.request_id is not None
         provider, request_id = message.request.provider, message.request_id
-        text = json.dumps(message.request.model_dump(mode="json"))
+        text = _request_json(message)
         # Released by the deadline at the latest: the pipeline then ends it.
         if hold.reason == "circuit_open":
             delay = min(hold.seconds, left)
@@ -351,7 +357,7 @@ class Pipeline:
         assert message.request is not None and message.request_id is not None
         # released at most RELEASE_EARLY_SECONDS early: not before the ledger's time
         parked = parking.defer(message.request.provider, message.request_id,
-                               json.dumps(message.request.model_dump(mode="json")),
+                               _request_json(message),
                                seconds + RELEASE_EARLY_SECONDS + random.random() * 0.1)
         if not parked:
             return None
@@ -371,11 +377,7 @@ class Pipeline:
         """Record the wait (ledger ``waiting``, audit ``retry_scheduled``); then ``park``
         the request (its message is acked) or send it back with a countdown.
 
-        A retry after a failure while the provider's circuit is open (this failure opened
-        it, or it was a failed probe) waits parked on the breaker rather than with a
-        countdown: it would only come back to be held there (one publish saved)."""
-        if park is None and (parking := self._parking(message)) is not None:
-            park = self._park_on_open_circuit(parking, message)
+        """
         RETRIES.labels(message.field("provider") or "unknown", reason).inc()
         log.info("retry_scheduled", attempt=attempts, delay=round(delay, 3), error=reason,
                  http_status=http_status, parked=park is not None)
@@ -391,20 +393,24 @@ class Pipeline:
             return Parked()
         return RetryLater(min(delay, self.settings.retry_cap_seconds))
 
-    def _park_on_open_circuit(self, parking: ParkingLot, message: Message
+    def _park_on_open_circuit(self, message: Message, created: float
                               ) -> Callable[[], None] | None:
+        """A retry after a failure while the provider's circuit is open (this failure
+        opened it, or it was a failed probe) waits parked on the breaker rather than with
+        a countdown: it would only come back to be held there (one publish saved)."""
+        parking = self._parking(message)
+        if parking is None:
+            return None
         assert self.guard is not None and message.request is not None
         provider, request_id = message.request.provider, message.request_id
         if request_id is None or self.guard.breaker.state(provider) == "closed":
             return None
-        text = json.dumps(message.request.model_dump(mode="json"))
+        text = _request_json(message)
+        # the retry deadline counts from the first claim
+        deadline = created + self.settings.retry_deadline_seconds
 
         def park() -> None:
-            # the retry deadline counts from the first claim, kept in the ledger
-            created = float(self.journal.client.hget(message.ledger_key, "created") or 0)
-            parking.wait_for_breaker(provider, request_id, text,
-                                     (created or self.clock())
-                                     + self.settings.retry_deadline_seconds)
+            parking.wait_for_breaker(provider, request_id, text, deadline)
         return park
 
     def _attempt_record(self, message: Message, attempt: int,
@@ -428,7 +434,8 @@ class Pipeline:
         # The call may have landed although no answer came: read before calling again.
         maybe_landed = exc.may_have_landed or exc.http_status in (502, 504)
         return self._wait(message, version, attempt, delay, public_code(exc), exc.http_status,
-                          [attempt_record], log, recover=maybe_landed)
+                          [attempt_record], log, recover=maybe_landed,
+                          park=self._park_on_open_circuit(message, created))
 
     def _final(self, message: Message, version: int, attempts: int,
                answer: ProviderAnswer | ProviderError, drafts: list[dict[str, Any]], log: Any,

@@ -44,10 +44,9 @@ from worker.providers import supported_providers
 from worker.triggers.tracking import (
     Sender,
     SessionRecord,
-    cancel_action,
+    cancel_of,
     provider_rules,
     release,
-    request_id_for,
     shared_sender,
     supersede_request,
     text,
@@ -123,16 +122,9 @@ def sweep_request(session: SessionRecord, threshold: float) -> CancelRequest:
         'abandoned: no activity since 1970-01-01T00:00Z (threshold 7 days)'
     """
     since = datetime.fromtimestamp(session.last_activity, UTC).strftime("%Y-%m-%dT%H:%MZ")
-    return CancelRequest(
-        request_id=request_id_for("sweep", session.provider, session.reference),
-        provider=session.provider,  # type: ignore[arg-type]  # validated when tracked
-        action=cancel_action(provider_rules(session.provider)),
-        reference=session.reference,
-        reason=f"abandoned: no activity since {since} (threshold {humanize(threshold)})",
-        source="sweep",
-        requested_by=SWEEP_REQUESTER,
-        options=session.options,
-    )
+    return cancel_of(session, source="sweep", requested_by=SWEEP_REQUESTER,
+                     reason=f"abandoned: no activity since {since}"
+                            f" (threshold {humanize(threshold)})")
 
 
 @dataclass(frozen=True)

@@ -346,15 +346,23 @@ def supersede_request(prior: SessionRecord) -> CancelRequest:
         >>> supersede_request(prior).reason
         'superseded by v-new'
     """
+    return cancel_of(prior, source="supersede", requested_by=SUPERSEDE_REQUESTER,
+                     reason=f"superseded by {prior.superseded_by or 'a new session'}")
+
+
+def cancel_of(session: SessionRecord, *, source: SourceName, requested_by: str,
+              reason: str) -> CancelRequest:
+    """The cancel a trigger (the sweep, supersede) sends for a tracked session: its
+    request id derived from the session, so that sending it again is a duplicate."""
     return CancelRequest(
-        request_id=request_id_for("supersede", prior.provider, prior.reference),
-        provider=prior.provider,  # type: ignore[arg-type]  # validated when tracked
-        action=cancel_action(provider_rules(prior.provider)),
-        reference=prior.reference,
-        reason=f"superseded by {prior.superseded_by or 'a new session'}",
-        source="supersede",
-        requested_by=SUPERSEDE_REQUESTER,
-        options=prior.options,
+        request_id=request_id_for(source, session.provider, session.reference),
+        provider=session.provider,  # type: ignore[arg-type]  # validated when tracked
+        action=cancel_action(provider_rules(session.provider)),
+        reference=session.reference,
+        reason=reason,
+        source=source,
+        requested_by=requested_by,
+        options=session.options,
     )
 
 
