@@ -207,3 +207,66 @@ def test_the_non_blocking_pop_wraps_junk_too(redis_url: str) -> None:
     # Then it arrives wrapped, with its bytes, instead of raising
     assert message.content_type == br.UNREADABLE_CONTENT_TYPE
     assert message.body == b"this is not json"
+
+
+# -- the connection dropping mid-run -----------------------------------------------------
+
+
+def test_a_popped_item_whose_unacked_record_failed_is_pushed_back_and_taken_next(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given two messages on the real queue, and a consumer whose first un-acked record
+    # fails as it does when Redis goes away between kombu's BRPOP and its MULTI/EXEC
+    with kombu.Connection(redis_url, transport=REDIS_TRANSPORT) as producer:
+        queue = kombu.Queue(QUEUE, kombu.Exchange(QUEUE), routing_key=QUEUE)
+        for body in ("first", "second"):
+            producer.Producer().publish(body, exchange=queue.exchange, routing_key=QUEUE,
+                                        declare=[queue])
+    got: list[str] = []
+    with kombu.Connection(redis_url, transport=REDIS_TRANSPORT) as conn:
+        channel: Any = conn.default_channel
+        real_append = channel.qos.append
+        failures = iter([redis.ConnectionError("Connection closed by server.")])
+
+        def append_fails_once(message: Any, tag: str) -> None:
+            if (error := next(failures, None)) is not None:
+                raise error
+            real_append(message, tag)
+
+        monkeypatch.setattr(channel.qos, "append", append_fails_once)
+        # When the consumer pops the first message and the record fails
+        with conn.Consumer(queue, callbacks=[lambda body, m: got.append(body)]), \
+                pytest.raises(redis.ConnectionError):
+            conn.drain_events(timeout=2)
+    # Then the process holds it instead of dropping it
+    assert [raw for _, raw in br.held()] != [] and got == []
+    # and the next connection pushes it back first, so it is taken before the second
+    def take(body: str, message: Any) -> None:
+        got.append(body)
+        message.ack()
+
+    with kombu.Connection(redis_url, transport=REDIS_TRANSPORT) as conn, \
+            conn.Consumer(queue, callbacks=[take]):
+        for _ in range(2):
+            conn.drain_events(timeout=2)
+    assert got == ["first", "second"]
+    assert br.held() == []
+    assert redis.Redis.from_url(redis_url).llen(QUEUE) == 0
+
+
+def test_closing_a_connection_kombu_already_detached_keeps_the_unacked_copy(
+        redis_url: str) -> None:
+    # Given a delivered, un-acked message (in the channel's memory and Redis's hash)
+    client = redis.Redis.from_url(redis_url)
+    with kombu.Connection(redis_url, transport=REDIS_TRANSPORT) as producer:
+        producer.SimpleQueue(QUEUE).put("x")
+    conn = kombu.Connection(redis_url, transport=REDIS_TRANSPORT)
+    channel: Any = conn.default_channel
+    assert channel.basic_get(QUEUE, no_ack=False) is not None
+    # and kombu's collect has detached the transport while the channel stayed open
+    # (Celery's reconnect path when a BRPOP was in flight)
+    conn._do_close_transport()
+    # When the connection is closed, as Celery closes it next
+    conn.close()  # stock kombu: AttributeError, "Unrecoverable error", the worker exits
+    # Then the message is still recorded as un-acked, for the visibility-timeout restore
+    assert client.hlen("unacked") == 1
+    client.close()

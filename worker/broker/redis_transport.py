@@ -18,12 +18,30 @@ before it is answered redelivers it), Celery cannot decode it, and
 the reason as the error text) with an audit record and a dead letter holding the raw
 bytes. Valid envelopes pass unchanged, parsed once as before.
 
+Two more changes close holes kombu leaves when the connection to Redis drops mid-run
+(a clean Redis restart, a crash, a network cut) and the same worker reconnects:
+
+* **The pop window.** kombu pops with ``BRPOP`` and records the message as un-acked in a
+  second round trip (reference-systems §9.1). When that second write fails, the item is
+  only in this process's memory and kombu drops it. Here it is *held* (:func:`held`) and
+  pushed back at the consuming end of its queue before the next ``BRPOP`` of the new
+  connection, so it is the next message taken. Only a process killed inside the window
+  still loses it, and the intake reconciler pushes that one again
+  (``worker.triggers.reconcile``). If the write did land and only its answer was lost,
+  the push-back is a second copy: a ledger duplicate, never a second call.
+* **The close after collect.** Celery 5.7 collects the broken connection, then closes it;
+  the close restores un-acked messages over a transport kombu has already detached, and
+  kombu's ``AttributeError`` there is fatal to the worker ("Unrecoverable error"). Here it
+  is a connection error, which the close ignores: nothing is lost by skipping that
+  restore, every un-acked message is in Redis's ``unacked`` hash and comes back after the
+  visibility timeout.
+
 Only ``Channel._brpop_read`` (the worker's blocking pop) and ``Channel._get`` (the
-non-blocking one, ``basic_get``) change: each is kombu 5.7's method with the one
-``loads(bytes_to_str(item))`` replaced. ``tests/unit/test_broker_redis.py`` pins kombu's
-source of both, so a kombu upgrade that changes them fails until the copies are redone.
-``config/celery.py`` selects this transport for ``redis://`` broker URLs. Producers do not
-need it (they only push).
+non-blocking one, ``basic_get``) are copies: each is kombu 5.7's method with the one
+``loads(bytes_to_str(item))`` replaced (and, in ``_brpop_read``, the hold).
+``tests/unit/test_broker_redis.py`` pins kombu's source of both, so a kombu upgrade that
+changes them fails until the copies are redone. ``config/celery.py`` selects this
+transport for ``redis://`` broker URLs. Producers do not need it (they only push).
 """
 
 from __future__ import annotations
@@ -33,17 +51,21 @@ import binascii
 import json
 import math
 import re
+import threading
 import uuid
 from queue import Empty  # what kombu's pops raise for "nothing there"
 from typing import Any, NoReturn
 
+import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Channel as VirtualChannel
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import object_hook as kombu_object_hook
 
+from worker.logs import get_logger
+
 __all__ = ["REASONS", "UNREADABLE_CONTENT_TYPE", "UNREADABLE_HEADER", "Channel",
-           "NotAnEnvelope", "Transport", "envelope_for", "read_envelope",
+           "NotAnEnvelope", "Transport", "envelope_for", "held", "read_envelope",
            "unreadable_reason", "wrap"]
 
 #: The content type of a wrapped item: no serializer knows it, so Celery cannot decode it.
@@ -259,8 +281,59 @@ def unreadable_reason(message: Any) -> str | None:
     return reason if isinstance(reason, str) and reason in REASONS else None
 
 
+#: Items popped whose un-acked record could not be written: (queue, raw item), in pop
+#: order. One list per process: the channel that popped them is gone by the time the
+#: consumer reconnects, and its successor pushes them back.
+_held: list[tuple[str, bytes]] = []
+_held_lock = threading.Lock()
+
+
+def held() -> list[tuple[str, bytes]]:
+    """The items this process holds for pushing back (a copy; for tests and logs)."""
+    with _held_lock:
+        return list(_held)
+
+
+def _hold(queue: str, item: bytes) -> None:
+    with _held_lock:
+        _held.append((queue, item))
+    get_logger().warning("broker_pop_held", queue=queue, held=len(_held))
+
+
+def _push_back_held(chan: Any) -> None:
+    """Push the held items back where ``BRPOP`` takes next (the right end), oldest last
+    pushed so it comes first. On failure they stay held for the next try."""
+    with _held_lock:
+        items, _held[:] = list(_held), []
+    if not items:
+        return
+    try:
+        with chan.conn_or_acquire() as client:
+            pipe = client.pipeline(transaction=True)
+            for queue, item in reversed(items):
+                pipe.rpush(queue, item)
+            pipe.execute()
+    except (redis.RedisError, OSError):
+        with _held_lock:
+            _held[:0] = items
+        return
+    get_logger().warning("broker_pop_pushed_back", count=len(items))
+
+
 class Channel(kombu_redis.Channel):
-    """kombu's Redis channel; only the two pops differ (see the module docstring)."""
+    """kombu's Redis channel; the pops, the hold and the close differ (module docstring)."""
+
+    def _brpop_start(self, timeout: int | None = None) -> None:
+        if _held:  # unlocked peek: the common case costs one list length
+            _push_back_held(self)
+        base: Any = kombu_redis.Channel  # kombu's stubs do not declare its private members
+        base._brpop_start(self, timeout)
+
+    def _connparams(self, asynchronous: bool = False) -> Any:
+        if self.connection.client is None:  # detached by kombu's collect: see the docstring
+            raise redis.ConnectionError("the broker connection is already closed")
+        base: Any = kombu_redis.Channel
+        return base._connparams(self, asynchronous)
 
     def _brpop_read(self, **options: Any) -> bool:
         # kombu 5.7's Channel._brpop_read; the one change is marked. kombu's stubs do not
@@ -280,7 +353,13 @@ class Channel(kombu_redis.Channel):
                 dest, item = dest__item
                 dest = bytes_to_str(dest).rsplit(chan.sep, 1)[0]
                 chan._queue_cycle.rotate(dest)
-                chan.connection._deliver(envelope_for(item, dest), dest)  # changed
+                envelope = envelope_for(item, dest)  # changed
+                try:  # changed: the hold
+                    chan.connection._deliver(envelope, dest)
+                except chan.connection_errors:
+                    if envelope["properties"]["delivery_tag"] not in chan.qos._delivered:
+                        _hold(dest, item)  # its un-acked record was never written
+                    raise
                 return True
             raise Empty()
         finally:
