@@ -11,9 +11,11 @@ answering each shape) is ``tests/reliability/test_junk.py``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import inspect
 import json
+import time
 from typing import Any
 
 import kombu
@@ -28,6 +30,7 @@ from kombu.utils.json import loads as kombu_loads
 from config.celery import REDIS_TRANSPORT, celery_config
 from config.settings import Settings
 from tests.reliability.junk import SHAPES, Junk, envelope, junk_items
+from worker import scripts
 from worker.broker import redis_transport as br
 from worker.broker import wire
 
@@ -209,6 +212,15 @@ def test_the_non_blocking_pop_wraps_junk_too(redis_url: str) -> None:
     assert message.body == b"this is not json"
 
 
+def drain_until(conn: kombu.Connection, done: Any, timeout: float = 5.0) -> None:
+    """Drain ``conn`` until ``done()``: one drain may deliver a whole batch, or nothing."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        assert time.monotonic() < deadline, "timed out draining"
+        with contextlib.suppress(TimeoutError):
+            conn.drain_events(timeout=0.5)
+
+
 # -- the connection dropping mid-run -----------------------------------------------------
 
 
@@ -246,8 +258,7 @@ def test_a_popped_item_whose_unacked_record_failed_is_pushed_back_and_taken_next
 
     with kombu.Connection(redis_url, transport=REDIS_TRANSPORT) as conn, \
             conn.Consumer(queue, callbacks=[take]):
-        for _ in range(2):
-            conn.drain_events(timeout=2)
+        drain_until(conn, lambda: len(got) >= 2)
     assert got == ["first", "second"]
     assert br.held() == []
     assert redis.Redis.from_url(redis_url).llen(QUEUE) == 0
@@ -269,4 +280,93 @@ def test_closing_a_connection_kombu_already_detached_keeps_the_unacked_copy(
     conn.close()  # stock kombu: AttributeError, "Unrecoverable error", the worker exits
     # Then the message is still recorded as un-acked, for the visibility-timeout restore
     assert client.hlen("unacked") == 1
+    client.close()
+
+
+# -- the batch pop -----------------------------------------------------------------------
+
+
+def _consume(redis_url: str, prefetch: int | None, drains: int = 1) -> list[Any]:
+    """Messages one consumer is handed in ``drains`` drains (un-acked)."""
+    got: list[Any] = []
+    with kombu.Connection(redis_url, transport=REDIS_TRANSPORT) as conn, \
+            conn.Consumer(kombu.Queue(QUEUE), callbacks=[lambda _, m: got.append(m)]) as c:
+        if prefetch is not None:
+            c.qos(prefetch_count=prefetch)
+        for _ in range(drains):
+            conn.drain_events(timeout=2)
+        # Celery would ack later; closing restores the un-acked to the queue, so look first
+        records = redis.Redis.from_url(redis_url).hgetall("unacked")
+        got.append(records)
+    return got
+
+
+def test_a_backlog_is_taken_in_batches_in_queue_order_each_recorded_once(
+        redis_url: str) -> None:
+    # Given 40 messages waiting, pushed as our producer pushes them
+    client = redis.Redis.from_url(redis_url)
+    raws = [wire.encode({"request_id": f"r-{i}"}, f"t-{i}") for i in range(40)]
+    client.lpush(QUEUE, *raws)
+    # When a consumer without a prefetch limit drains once
+    *messages, records = _consume(redis_url, prefetch=None)
+    # Then it got the BRPOP's message and a batch after it, in the order pushed
+    assert [m.headers["id"] for m in messages] == [f"t-{i}" for i in range(1 + br.POP_BATCH)]
+    # and each is recorded as un-acked once, as kombu records it, so a restore brings it back
+    assert len(records) == len(messages)
+    for message in messages:
+        payload, exchange, routing_key = kombu_loads(records[message.delivery_tag.encode()])
+        assert payload == json.loads(raws[int(message.headers["id"][2:])])
+        assert (exchange, routing_key) == (
+            message.delivery_info["exchange"], message.delivery_info["routing_key"])
+    # and closing the consumer put back all it held: the 40 wait again, nothing un-acked
+    assert client.llen(QUEUE) == 40 and client.hlen("unacked") == 0
+    client.close()
+
+
+def test_the_batch_never_takes_more_than_the_prefetch_limit(redis_url: str) -> None:
+    # Given 40 messages waiting
+    client = redis.Redis.from_url(redis_url)
+    client.lpush(QUEUE, *[wire.encode({"request_id": f"r-{i}"}, f"t-{i}") for i in range(40)])
+    # When a consumer that may hold 5 un-acked drains
+    *messages, records = _consume(redis_url, prefetch=5)
+    # Then it holds 5, each recorded
+    assert len(messages) == 5 and len(records) == 5
+    client.close()
+
+
+def test_junk_in_a_batch_is_wrapped_and_recorded_wrapped(redis_url: str) -> None:
+    # Given a valid message, then junk the script cannot read, then junk it can read as
+    # an envelope but the transport must wrap (a body that is not base64)
+    client = redis.Redis.from_url(redis_url)
+    bad_body = envelope(body="%%% not base64")
+    items = [wire.encode({"request_id": "r-0"}, "t-0").encode(), b"\xff not json",
+             bad_body]
+    client.lpush(QUEUE, *items)
+    # When one drain takes all three
+    *messages, records = _consume(redis_url, prefetch=None)
+    # Then the two junk items arrive wrapped, with their bytes and their reasons
+    assert [br.unreadable_reason(m) for m in messages] == [None, br.NOT_UTF8, br.BAD_BASE64]
+    assert [m.body for m in messages[1:]] == items[1:]
+    # and exactly what was handed on is recorded: no record under the junk's own tag
+    assert sorted(records) == sorted(m.delivery_tag.encode() for m in messages)
+    client.close()
+
+
+def test_what_the_script_took_a_crashed_worker_gets_back(redis_url: str) -> None:
+    # Given messages the batch script popped and recorded, and a worker that died then
+    client = redis.Redis.from_url(redis_url)
+    raws = [wire.encode({"request_id": f"r-{i}"}, f"t-{i}") for i in range(3)]
+    client.lpush(QUEUE, *raws)
+    scripts.script(client, "pop_batch")(keys=[QUEUE, "unacked", "unacked_index"],
+                                        args=[10, time.time() - 60])
+    assert client.llen(QUEUE) == 0
+    # When kombu's visibility-timeout restore runs in another worker
+    with kombu.Connection(redis_url, transport=REDIS_TRANSPORT,
+                          transport_options={"visibility_timeout": 1}) as conn:
+        channel: Any = conn.default_channel
+        channel.qos.restore_visible()
+    # Then every message is back on the queue, unchanged but for kombu's redelivered flag
+    back = [json.loads(raw) for raw in client.lrange(QUEUE, 0, -1)]
+    assert sorted(b["headers"]["id"] for b in back) == ["t-0", "t-1", "t-2"]
+    assert client.hlen("unacked") == 0
     client.close()
