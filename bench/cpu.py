@@ -3,12 +3,15 @@
     .venv/bin/python bench/run.py --only cpu [--quick] [--repeat N]
     .venv/bin/python bench/cpu.py --against /path/to/other/checkout   # A/B the pipeline
 
-Four workers carry out the same N requests at 0 ms provider latency, in interleaved
+Six workers carry out the same N requests at 0 ms provider latency, in interleaved
 rounds, each with the pipeline's pool (``-P threads -c 128``) against its own Redis:
 
-- *no-op*: bare Celery, a task that does nothing (``bench.noop_app``);
+- *no-op*: bare Celery, a task that does nothing (``bench.noop_app``), on kombu's own
+  Redis transport (Celery as shipped); *no-op/ours* the same on our transport
+  (``worker/broker/redis_transport.py``, whose batch pop halves it);
 - *floor*: claim script, one raw ``http.client`` call, record script (``bench.floor_app``);
-- *naive*: one plain task, ``SET NX``, pooled httpx, two ``XADD`` (``bench.naive_app``);
+- *naive*: one plain task, ``SET NX``, pooled httpx, two ``XADD`` (``bench.naive_app``),
+  on kombu's own transport; *naive/ours* the same on ours;
 - *pipeline*: ``worker.app``, every guarantee on.
 
 The messages are enqueued first and set aside (the queue list renamed), the worker is
@@ -64,6 +67,7 @@ class Contestant:
     enqueue: Callable[[str, int], object]
     done: Callable[[redis.Redis, int], int]
     cwd: Path = ROOT
+    env: tuple[tuple[str, str], ...] = ()
 
 
 def _results(client: redis.Redis, n: int) -> int:
@@ -81,11 +85,15 @@ def _submit(url: str, n: int) -> None:
 def contestants(against: Path | None = None) -> list[Contestant]:
     field = [
         Contestant("no-op", "bench.noop_app", lambda u, n: _send_raw(u, "bench.noop", n),
-                   _drained),
+                   _drained, env=(("BENCH_KOMBU_TRANSPORT", "1"),)),
+        Contestant("no-op/ours", "bench.noop_app",
+                   lambda u, n: _send_raw(u, "bench.noop", n), _drained),
         Contestant("floor", "bench.floor_app", lambda u, n: _send_raw(u, "bench.floor", n),
                    _results),
         Contestant("naive", "bench.naive_app", lambda u, n: _send_raw(u, "bench.naive", n),
-                   _results),
+                   _results, env=(("BENCH_KOMBU_TRANSPORT", "1"),)),
+        Contestant("naive/ours", "bench.naive_app",
+                   lambda u, n: _send_raw(u, "bench.naive", n), _results),
         Contestant("pipeline", "worker.app", _submit, _results),
     ]
     if against is not None:
@@ -133,7 +141,8 @@ def run_one(who: Contestant, n: int) -> tuple[float, float]:
             who.enqueue(server.url, n)
             client.rename(_QUEUE, _STAGED)
             proc = WorkerProcess({**env_for(server.url, sim), "BENCH_CONCURRENCY":
-                                  str(CONCURRENCY)}, concurrency=CONCURRENCY, app=who.app,
+                                  str(CONCURRENCY), **dict(who.env)},
+                                 concurrency=CONCURRENCY, app=who.app,
                                  pool=POOL, cwd=who.cwd, name=f"cpu-{who.name}@%h",
                                  log_path=LOGS / f"cpu-{who.name.replace('/', '_')}.log")
             proc.start()
@@ -169,7 +178,7 @@ def rounds(n: int, repeat: int, against: Path | None = None,
     medians = {w.name: statistics.median(r[w.name] for r in rows) for w in field}
     ratios: dict[str, list[float]] = {}
     for top in (w.name for w in field if w.name.startswith("pipeline")):
-        for under in ("no-op", "naive", "floor", "pipeline"):
+        for under in ("no-op", "no-op/ours", "naive", "naive/ours", "floor", "pipeline"):
             if under in medians and under != top:
                 ratios[f"{top}/{under}"] = [r[top] / r[under] for r in rows]
     return {"median": medians, "ratios": ratios, "rows": rows}

@@ -26,6 +26,9 @@ from config.settings import get_settings
 app = Celery("bench-naive")
 app.conf.update(celery_config(get_settings()))
 app.conf.worker_consumer = "celery.worker.consumer:Consumer"
+if os.environ.get("BENCH_KOMBU_TRANSPORT"):
+    # plain Celery: kombu's own Redis transport, as a naive implementation would run
+    app.conf.broker_transport = None
 
 _THREADS = int(os.environ.get("BENCH_CONCURRENCY", "128"))
 # A connection per thread at most: redis-py's default pool stops at 100.

@@ -8,6 +8,8 @@ plain command starts bare Celery the way Celery starts by itself; the throughput
 
 from __future__ import annotations
 
+import os
+
 from celery import Celery
 
 from config.celery import celery_config
@@ -18,6 +20,10 @@ app.conf.update(celery_config(get_settings()))
 app.conf.worker_consumer = "celery.worker.consumer:Consumer"
 app.conf.worker_pool = "prefork"
 app.conf.worker_concurrency = None
+if os.environ.get("BENCH_KOMBU_TRANSPORT"):
+    # Celery as shipped: kombu's own Redis transport, without our batch pop
+    # (worker/broker/redis_transport.py), for the CPU benchmark's bare-Celery line.
+    app.conf.broker_transport = None
 
 
 @app.task(name="bench.noop")
