@@ -82,16 +82,20 @@ def _submit(url: str, n: int) -> None:
     Producer(url).submit_many(requests(n))
 
 
+#: A baseline app on kombu's own Redis transport (Celery as shipped), not ours.
+_KOMBU_TRANSPORT = (("BENCH_KOMBU_TRANSPORT", "1"),)
+
+
 def contestants(against: Path | None = None) -> list[Contestant]:
     field = [
         Contestant("no-op", "bench.noop_app", lambda u, n: _send_raw(u, "bench.noop", n),
-                   _drained, env=(("BENCH_KOMBU_TRANSPORT", "1"),)),
+                   _drained, env=_KOMBU_TRANSPORT),
         Contestant("no-op/ours", "bench.noop_app",
                    lambda u, n: _send_raw(u, "bench.noop", n), _drained),
         Contestant("floor", "bench.floor_app", lambda u, n: _send_raw(u, "bench.floor", n),
                    _results),
         Contestant("naive", "bench.naive_app", lambda u, n: _send_raw(u, "bench.naive", n),
-                   _results, env=(("BENCH_KOMBU_TRANSPORT", "1"),)),
+                   _results, env=_KOMBU_TRANSPORT),
         Contestant("naive/ours", "bench.naive_app",
                    lambda u, n: _send_raw(u, "bench.naive", n), _results),
         Contestant("pipeline", "worker.app", _submit, _results),

@@ -67,6 +67,7 @@ from typing import Any, NoReturn
 import redis
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import Channel as VirtualChannel
+from kombu.transport.virtual import QoS as VirtualQoS
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import object_hook as kombu_object_hook
 
@@ -345,8 +346,7 @@ class QoS(kombu_redis.QoS):
     def append(self, message: Any, delivery_tag: str) -> None:
         if delivery_tag in self.recorded:
             self.recorded.discard(delivery_tag)
-            base: Any = kombu_redis.QoS.__mro__[1]  # the virtual QoS: memory only
-            base.append(self, message, delivery_tag)
+            VirtualQoS.append(self, message, delivery_tag)  # memory only
             return
         super().append(message, delivery_tag)
 
@@ -355,6 +355,8 @@ class Channel(kombu_redis.Channel):
     """kombu's Redis channel; the pops, the hold and the close differ (module docstring)."""
 
     QoS = QoS
+    #: The batch pop's client, on the channel's own pool (made on first use).
+    _batch_client: redis.Redis | None = None
 
     def _brpop_start(self, timeout: int | None = None) -> None:
         if _held:  # unlocked peek: the common case costs one list length
@@ -370,9 +372,9 @@ class Channel(kombu_redis.Channel):
         count = POP_BATCH if room is None else min(POP_BATCH, room)
         if count <= 0 or chan._closing or chan.no_ack_consumers or chan.global_keyprefix:
             return  # closing: restore, not take; no_ack: kombu never appends, a record stays
-        client = self.__dict__.get("_batch_client")
-        if client is None:
-            client = self.__dict__["_batch_client"] = redis.Redis(connection_pool=chan.pool)
+        if self._batch_client is None:
+            self._batch_client = redis.Redis(connection_pool=chan.pool)
+        client = self._batch_client
         popped = scripts.script(client, "pop_batch")(
             keys=[key, chan.unacked_key, chan.unacked_index_key], args=[count, time.time()])
         batch = []  # (envelope, raw item, whether the script's record of it stands)
@@ -386,8 +388,10 @@ class Channel(kombu_redis.Channel):
         done = 0
         try:
             if stale:
-                client.zrem(chan.unacked_index_key, *stale)
-                client.hdel(chan.unacked_key, *stale)
+                pipe = client.pipeline()
+                pipe.zrem(chan.unacked_index_key, *stale)
+                pipe.hdel(chan.unacked_key, *stale)
+                pipe.execute()
             for done, (envelope, _, recorded) in enumerate(batch):  # noqa: B007 - read below
                 if recorded:
                     chan.qos.recorded.add(envelope["properties"]["delivery_tag"])
