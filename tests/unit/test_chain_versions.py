@@ -9,6 +9,7 @@ tests/integration/test_audit_node.py.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +133,46 @@ def test_the_fast_serialization_gives_the_bytes_of_rfc8785(value: dict[str, Any]
     # When it is serialized for hashing
     # Then the bytes are exactly RFC 8785's, whichever path was taken
     assert audit.jcs(value) == rfc8785.dumps(value)
+
+
+@settings(max_examples=400, deadline=None)
+@given(value=st.floats(min_value=-1e16, max_value=1e16) | st.floats(min_value=-1e-3,
+                                                                       max_value=1e-3))
+def test_a_float_serializes_as_rfc8785_whichever_path_it_takes(value: float) -> None:
+    # Given a float around the edges of the fast path (exponent forms, integral values)
+    # When it is serialized for hashing, alone and inside a record
+    # Then the bytes are RFC 8785's
+    assert audit.jcs(value) == rfc8785.dumps(value)
+    assert audit.jcs({"duration_ms": value}) == rfc8785.dumps({"duration_ms": value})
+
+
+@settings(max_examples=200, deadline=None)
+@given(drafts=st.lists(st.dictionaries(st.text(max_size=8), _JSON, max_size=6), min_size=1,
+                       max_size=4),
+       seq=st.integers(0, 10**9))
+def test_a_prepared_record_links_to_exactly_the_record_seal_makes(
+        drafts: list[dict[str, Any]], seq: int) -> None:
+    # Given drafts serialized once, ahead of knowing the head
+    prepared = [audit.prepare(d) for d in drafts]
+    head = audit.format_head(seq, hashlib.sha256(str(seq).encode()).hexdigest())
+    # When they are linked on a head (as a journal does again when another process
+    # moved it)
+    texts, new_head = audit.link(prepared, head)
+    # Then each text is the JCS form of the record seal_all makes, and the head the same
+    sealed, sealed_head = audit.seal_all(drafts, head)
+    assert texts == [audit.jcs(r).decode() for r in sealed]
+    assert new_head == sealed_head
+
+
+def test_a_draft_holding_the_stand_in_text_is_sealed_the_slow_way_and_still_verifies(
+) -> None:
+    # Given a draft whose value happens to contain the text the fast path stands in with
+    draft = {"step": "attempt", "reason": f"x{audit._MARK}h"}
+    # When it is prepared and linked
+    prepared = audit.prepare(draft)
+    texts, _ = audit.link([prepared], "")
+    # Then it was not templated, and the record verifies with that value intact
+    assert not isinstance(prepared, audit.Prepared)
+    record = json.loads(texts[0])
+    assert record["reason"] == draft["reason"]
+    assert audit.verify([("1-0", record)]) == (1, None)

@@ -120,3 +120,38 @@ def test_a_chain_conflict_between_processes_is_counted(redis_client: redis.Redis
     assert (count("head_moved") - moved, count("applied") - applied) == (1, 1)
     count_records, broken = verify_stream(redis_client)
     assert broken is None and count_records == 3
+
+
+def test_a_failed_commit_fails_its_steps_and_the_next_thread_still_leads(
+        redis_client: redis.Redis) -> None:
+    """Given a journal whose next script call fails (Redis went away mid-call), When
+    threads write steps at that moment, Then each step in the failed call raises the
+    error in its own thread, the lead passes on (nobody hangs), and later steps apply."""
+    journal = Journal(redis_client)
+    real = journal._script
+    failures = [redis.ConnectionError("gone")]
+
+    def flaky(*, keys: list[str], args: list[str]) -> object:
+        if failures:
+            raise failures.pop()
+        return real(keys=keys, args=args)
+
+    journal._script = flaky  # type: ignore[assignment] # the seam: one failing call
+    outcomes: list[str] = []
+
+    def work(i: int) -> None:
+        try:
+            journal.apply(f"idvcancel:req:f-{i}", 0, records=[{"step": "received"}])
+            outcomes.append("applied")
+        except redis.ConnectionError:
+            outcomes.append("failed")
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert not any(thread.is_alive() for thread in threads)
+    assert "failed" in outcomes and len(outcomes) == 8
+    assert journal.apply("idvcancel:req:f-after", 0, records=[{"step": "received"}]) is None
+    assert verify_stream(redis_client) == (outcomes.count("applied") + 1, None)

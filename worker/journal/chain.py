@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,11 @@ def _plain(value: Any) -> bool:
         return True
     if isinstance(value, int):
         return -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER
+    if isinstance(value, float):
+        # Python's repr and ECMAScript's Number::toString both give the shortest digits
+        # that round-trip, in fixed notation, for a fraction in this range; an integral
+        # float ("12.0" against "12") and exponent forms take rfc8785's path.
+        return 1e-4 <= abs(value) < 1e15 and not value.is_integer()
     if isinstance(value, Mapping):
         return all(isinstance(k, str) and k.isascii() and _plain(v) for k, v in value.items())
     if isinstance(value, list | tuple):
@@ -100,6 +106,59 @@ def seal_all(
         digest = record["hash"]
         records.append(record)
     return records, format_head(seq, digest)
+
+
+#: Stand-ins for the three linking fields in a prepared record's text: random per
+#: process, so that no value a record carries can contain one (``prepare`` checks).
+_MARK = secrets.token_hex(16)
+_SEQ, _PREV, _HASH = f"{_MARK}s", f"{_MARK}p", f"{_MARK}h"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A draft serialized once and linked on any head by ``link``: what a record costs
+    to seal again when another process moved the head is two string substitutions and
+    a SHA-256, not a second canonical serialization."""
+
+    body: str  # the record without "hash", canonical, the stand-ins in place
+    full: str  # the record with "hash", canonical: what the chain stores
+
+
+def prepare(draft: Mapping[str, Any]) -> Prepared | dict[str, Any]:
+    """``draft`` made ready to link; the draft itself in the unlikely case that its
+    text holds a stand-in (``link`` then seals it the slow way)."""
+    full = jcs({**draft, "v": VERSION, "seq": _SEQ, "prev_hash": _PREV,
+                "hash": _HASH}).decode()
+    member = f'"hash":"{_HASH}"'
+    if full.count(_MARK) != 3 or full.count(member) != 1:
+        return dict(draft)
+    # Canonical text is sorted and compact: the body is the text without that member
+    # and one comma beside it ("hash" is never alone: "v", "seq" and "prev_hash" are there).
+    at = full.index(member)
+    end = at + len(member)
+    body = full[:at] + full[end + 1:] if full[end] == "," else full[:at - 1] + full[end:]
+    return Prepared(body.replace(f'"{_SEQ}"', _SEQ), full.replace(f'"{_SEQ}"', _SEQ))
+
+
+def link(prepared: Sequence[Prepared | dict[str, Any]], head: str) -> tuple[list[str], str]:
+    """Link prepared records in order after ``head``; return their canonical texts and
+    the new head (the records ``seal_all`` would make, serialized)."""
+    seq, digest = parse_head(head)
+    texts = []
+    for item in prepared:
+        seq += 1
+        if isinstance(item, Prepared):
+            number = str(seq)
+            body = item.body.replace(_SEQ, number).replace(_PREV, digest)
+            new = hashlib.sha256(body.encode()).hexdigest()
+            texts.append(item.full.replace(_SEQ, number).replace(_PREV, digest)
+                         .replace(_HASH, new))
+        else:
+            record = seal(item, seq, digest)
+            new = record["hash"]
+            texts.append(jcs(record).decode())
+        digest = new
+    return texts, format_head(seq, digest)
 
 
 @dataclass(frozen=True)

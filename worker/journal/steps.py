@@ -2,10 +2,13 @@
 letter) through ``lua/transition.lua``.
 
 The audit chain's hashes are computed here, in Python, and compared-and-set in Redis.
-Threads of one process do not each pay a round trip: whichever thread finds the
-journal free takes every step waiting at that moment and sends them in one script
-call (group commit), sealing their audit records one after the other. If another
-process appended first, the script answers with the new head and we seal again.
+Threads of one process do not each pay a round trip: one thread at a time leads, takes
+every step waiting at that moment and sends them in one script call (group commit),
+linking their audit records one after the other; when its own step is written it hands
+the lead to the thread of the oldest step still waiting (woken, not polling), or leaves
+the journal free. If another process appended first, the script answers with the new
+head and the batch is linked again on it: each record was serialized once, when its
+step was made (``chain.prepare``), so linking again is a substitution and a hash.
 """
 
 from __future__ import annotations
@@ -63,14 +66,16 @@ class _Step:
     expected_version: int
     # ledger JSON, event, dead letter, dead-letter id, TTL, forget, confirmation, its due
     fixed: list[str]
-    records: Sequence[Mapping[str, Any]]
-    done: threading.Event = field(default_factory=threading.Event)
+    records: list[audit.Prepared | dict[str, Any]]
+    #: Set when the step is written (or failed), or when its thread is handed the lead.
+    wake: threading.Event = field(default_factory=threading.Event)
+    done: bool = False
     result: Moved | None = None
     error: BaseException | None = None
 
     def finish(self, result: Moved | None = None, error: BaseException | None = None) -> None:
-        self.result, self.error = result, error
-        self.done.set()
+        self.result, self.error, self.done = result, error, True
+        self.wake.set()
 
 
 class Journal:
@@ -87,9 +92,9 @@ class Journal:
     ) -> None:
         self.client = client
         self._script = scripts.script(client, "transition")
-        self._flush = threading.Lock()
         self._queue_lock = threading.Lock()
         self._queue: list[_Step] = []
+        self._leading = False  # a thread is committing (guarded by _queue_lock)
         self._head = ""
         self.ledger_ttl = ledger_ttl
         self.results_maxlen = results_maxlen
@@ -144,11 +149,16 @@ class Journal:
             forget,
             confirmation.entry if confirmation else "",
             f"{confirmation.due:.3f}" if confirmation else "",
-        ], records)
+        ], [audit.prepare(record) for record in records])
 
     def _wait(self, steps: list[_Step]) -> list[Moved | None]:
+        if not steps:
+            return []
         with self._queue_lock:
             self._queue.extend(steps)
+            if not self._leading:
+                self._leading = True
+                steps[0].wake.set()  # the journal was free: this thread leads
         for step in steps:
             self._until_done(step)
         for step in steps:
@@ -157,28 +167,34 @@ class Journal:
         return [step.result for step in steps]
 
     def _until_done(self, step: _Step) -> None:
-        while not step.done.is_set():
-            if self._flush.acquire(blocking=False):
-                try:
-                    self._drain(step)
-                finally:
-                    self._flush.release()
-            step.done.wait(0.002)
+        while True:
+            step.wake.wait()
+            if step.done:
+                return
+            step.wake.clear()  # handed the lead: only this thread clears it, before leading
+            self._lead(step)
 
-    def _drain(self, own: _Step) -> None:
+    def _lead(self, own: _Step) -> None:
         # Until our own step is written, then hand over: a thread that kept writing for
         # everyone would starve its own task (and could outlive its lease).
-        while not own.done.is_set():
+        try:
+            while not own.done:
+                with self._queue_lock:
+                    batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+                if not batch:
+                    return  # cannot happen: our own step is queued until we write it
+                try:
+                    self._commit(batch)
+                except Exception as exc:  # noqa: BLE001 - handed to each waiting thread
+                    for step in batch:
+                        if not step.done:
+                            step.finish(error=exc)
+        finally:
             with self._queue_lock:
-                batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
-            if not batch:
-                return
-            try:
-                self._commit(batch)
-            except Exception as exc:  # noqa: BLE001 - handed to each waiting thread
-                for step in batch:
-                    if not step.done.is_set():
-                        step.finish(error=exc)
+                if self._queue:
+                    self._queue[0].wake.set()  # the oldest waiting step's thread leads next
+                else:
+                    self._leading = False
 
     def _commit(self, batch: list[_Step]) -> None:
         while batch:
@@ -186,9 +202,9 @@ class Journal:
                     str(len(batch))]
             head = self._head
             for step in batch:
-                sealed, head = audit.seal_all(step.records, head)
-                args += [str(step.expected_version), *step.fixed,
-                         str(len(sealed)), head, *(canonical_json(r) for r in sealed)]
+                texts, head = audit.link(step.records, head)
+                args += [str(step.expected_version), *step.fixed, str(len(texts)), head,
+                         *texts]
             reply = self._script(keys=[*_FIXED_KEYS, *(s.ledger_key for s in batch)],
                                  args=args)
             if reply[0] == 1:
@@ -197,7 +213,7 @@ class Journal:
                 for step in batch:
                     step.finish()
                 return
-            if reply[0] == 0:  # another process appended first: seal again on its head
+            if reply[0] == 0:  # another process appended first: link again on its head
                 _HEAD_MOVED.inc()
                 self._head = str(reply[1])
                 continue
