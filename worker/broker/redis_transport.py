@@ -61,6 +61,8 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from queue import Empty  # what kombu's pops raise for "nothing there"
 from typing import Any, NoReturn
 
@@ -355,8 +357,22 @@ class Channel(kombu_redis.Channel):
     """kombu's Redis channel; the pops, the hold and the close differ (module docstring)."""
 
     QoS = QoS
-    #: The batch pop's client, on the channel's own pool (made on first use).
-    _batch_client: redis.Redis | None = None
+    #: The client this channel's synchronous commands share (acks, the batch pop, puts):
+    #: kombu builds a new one for each, 3 % of a busy worker's CPU. Made on first use,
+    #: again when kombu replaced the pool it was made on (after a fork, on close).
+    _sync_client: redis.Redis | None = None
+
+    def shared_client(self) -> Any:
+        chan: Any = self
+        pool = chan.pool
+        shared = self._sync_client
+        if shared is None or shared.connection_pool is not pool:
+            shared = self._sync_client = chan._create_client()
+        return shared
+
+    @contextmanager
+    def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
+        yield client or self.shared_client()
 
     def _brpop_start(self, timeout: int | None = None) -> None:
         if _held:  # unlocked peek: the common case costs one list length
@@ -372,9 +388,7 @@ class Channel(kombu_redis.Channel):
         count = POP_BATCH if room is None else min(POP_BATCH, room)
         if count <= 0 or chan._closing or chan.no_ack_consumers or chan.global_keyprefix:
             return  # closing: restore, not take; no_ack: kombu never appends, a record stays
-        if self._batch_client is None:
-            self._batch_client = redis.Redis(connection_pool=chan.pool)
-        client = self._batch_client
+        client = self.shared_client()
         popped = scripts.script(client, "pop_batch")(
             keys=[key, chan.unacked_key, chan.unacked_index_key], args=[count, time.time()])
         batch = []  # (envelope, raw item, whether the script's record of it stands)
