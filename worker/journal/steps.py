@@ -34,6 +34,9 @@ _APPLIED, _HEAD_MOVED, _LEDGER_MOVED = (JOURNAL_CALLS.labels(answer)
 
 #: Most steps sent in one script call (bounds how long Redis is busy with one call).
 MAX_BATCH = 256
+#: A waiting thread looks once this often whether anyone leads (the hand-over wakes it
+#: first; this only guards against a wake-up lost to a bug).
+_SAFETY_WAIT_SECONDS = 1.0
 _FIXED_KEYS = [keys.AUDIT, keys.AUDIT_HEAD, keys.RESULTS, keys.DLQ, keys.DLQ_INDEX,
                keys.INTAKE, keys.INTAKE_REQUESTS, keys.CONFIRM_REQUESTS, keys.CONFIRM_DUE]
 
@@ -168,7 +171,13 @@ class Journal:
 
     def _until_done(self, step: _Step) -> None:
         while True:
-            step.wake.wait()
+            if not step.wake.wait(_SAFETY_WAIT_SECONDS):
+                with self._queue_lock:
+                    if step.done or self._leading:
+                        continue
+                    self._leading = True  # nobody leads while our step waits: take it
+                self._lead(step)
+                continue
             if step.done:
                 return
             step.wake.clear()  # handed the lead: only this thread clears it, before leading
