@@ -171,16 +171,16 @@ class Journal:
 
     def _until_done(self, step: _Step) -> None:
         while True:
-            if not step.wake.wait(_SAFETY_WAIT_SECONDS):
+            woken = step.wake.wait(_SAFETY_WAIT_SECONDS)
+            if step.done:  # finish() sets done before it wakes
+                return
+            if woken:
+                step.wake.clear()  # handed the lead: only this thread clears it, before leading
+            else:
                 with self._queue_lock:
                     if step.done or self._leading:
                         continue
                     self._leading = True  # nobody leads while our step waits: take it
-                self._lead(step)
-                continue
-            if step.done:
-                return
-            step.wake.clear()  # handed the lead: only this thread clears it, before leading
             self._lead(step)
 
     def _lead(self, own: _Step) -> None:
